@@ -1,0 +1,184 @@
+"""Keras callback running one CWR* experience per ``model.fit`` call (METHOD §2)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+from larq_cwr.head import CWRStarHead, class_counts_array
+
+__all__ = ["CWRStar", "count_classes"]
+
+logger = logging.getLogger(__name__)
+
+
+def count_classes(labels: npt.ArrayLike, num_classes: int) -> np.ndarray:
+    """Count patterns per class in integer (or one-hot) labels.
+
+    Args:
+        labels: Int labels of shape ``(n,)`` / ``(n, 1)``, or one-hot ``(n, num_classes)``.
+        num_classes: Number of classes.
+
+    Returns:
+        Int64 array of shape ``(num_classes,)``.
+
+    Raises:
+        ValueError: Labels that are not integers, NaN, or outside ``[0, num_classes)``.
+    """
+    values = np.asarray(labels)
+    if values.ndim == 2 and values.shape[1] == num_classes and num_classes > 1:
+        values = values.argmax(axis=1)
+    values = values.reshape(-1)
+    if values.size and values.dtype.kind == "f":
+        if np.isnan(values).any():
+            raise ValueError("`labels` contain NaN.")
+        if not np.all(values == np.round(values)):
+            raise ValueError("`labels` must be integer class indices.")
+    elif values.size and values.dtype.kind not in "iu":
+        raise ValueError(f"`labels` must be integer class indices; got dtype {values.dtype}.")
+    values = values.astype(np.int64)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"`labels` has class {int(bad[0])}; expected 0 <= class < num_classes={num_classes}."
+        )
+    return np.bincount(values, minlength=num_classes).astype(np.int64)
+
+
+class CWRStar(tf.keras.callbacks.Callback):
+    """Turn one ``model.fit`` call into one CWR* experience (METHOD §2).
+
+    ``on_train_begin`` resets the head for the experience (``begin_experience``) and,
+    from the second experience on, freezes every layer but the head (and the layers
+    named in ``trainable_layers``), rebuilding the train function so no recompiling is
+    needed. ``on_train_end`` consolidates and loads the consolidated weights, so
+    ``evaluate``/``predict`` use them. The first experience (the head has no
+    consolidated class yet) trains the whole model as compiled.
+
+    Frozen layers keep ``trainable=False`` after ``fit``; BatchNormalization layers
+    then run in inference mode, as a frozen backbone should.
+
+    Args:
+        head: The model's ``CWRStarHead``.
+        class_counts: ``{class: count}`` or an array of counts for this experience.
+        labels: Training labels of this experience, to count classes from (give
+            either this or ``class_counts``).
+        trainable_layers: Names of layers (besides the head) that keep training after
+            the first experience, e.g. the last blocks for AR1*-style training.
+        freeze_after_first: Freeze the non-head layers from the second experience on.
+
+    Raises:
+        ValueError: Both or neither of ``class_counts`` and ``labels``, or invalid counts.
+
+    Example:
+        `model.fit(x, y, epochs=5, callbacks=[CWRStar(head, labels=y)])`
+    """
+
+    def __init__(
+        self,
+        head: CWRStarHead,
+        class_counts: Mapping[int, int] | npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        *,
+        trainable_layers: Sequence[str] = (),
+        freeze_after_first: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(head, CWRStarHead):
+            raise ValueError(f"`head` must be a CWRStarHead; got {type(head).__name__}.")
+        if (class_counts is None) == (labels is None):
+            raise ValueError("Give exactly one of `class_counts` and `labels`.")
+        if class_counts is None:
+            class_counts = count_classes(labels, head.num_classes)
+        self.head = head
+        self.class_counts = class_counts_array(class_counts, head.num_classes)
+        self.trainable_layers = tuple(trainable_layers)
+        self.freeze_after_first = bool(freeze_after_first)
+
+    @classmethod
+    def for_dataset(
+        cls, head: CWRStarHead, dataset: tf.data.Dataset | Iterable[Any], **kwargs: Any
+    ) -> "CWRStar":
+        """Build the callback with class counts read from a ``(x, y[, w])`` dataset.
+
+        Args:
+            head: The model's ``CWRStarHead``.
+            dataset: A finite ``tf.data.Dataset`` (or iterable) of ``(x, y)`` batches
+                or elements; it is iterated once.
+            **kwargs: Other ``CWRStar`` arguments.
+
+        Returns:
+            A ``CWRStar`` callback.
+        """
+        counts = np.zeros(head.num_classes, dtype=np.int64)
+        for element in dataset:
+            if not isinstance(element, (tuple, list)) or len(element) < 2:
+                raise ValueError("`dataset` must yield (x, y) or (x, y, sample_weight) tuples.")
+            counts += count_classes(np.asarray(element[1]), head.num_classes)
+        return cls(head, class_counts=counts, **kwargs)
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.head.in_experience:
+            logger.warning(
+                "CWRStar: the previous experience was not consolidated; its training is "
+                "discarded and a new experience begins."
+            )
+        first = not self.head.seen_classes
+        self.head.begin_experience(self.class_counts)
+        if not first and self.freeze_after_first:
+            self._freeze_all_but_head()
+        logger.info(
+            "CWR* experience begins: classes %s, %s trainable variables.",
+            np.flatnonzero(self.class_counts).tolist(),
+            len(self.model.trainable_variables),
+        )
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.head.consolidate()
+        self.head.load_consolidated()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _freeze_all_but_head(self) -> None:
+        keep = set(self.trainable_layers)
+        names = {layer.name for layer in _all_layers(self.model)}
+        missing = keep - names
+        if missing:
+            raise ValueError(
+                f"`trainable_layers` names {sorted(missing)}, not layers of the model."
+            )
+        for layer in self.model.layers:
+            _set_trainable(layer, lambda sub: sub is self.head or sub.name in keep)
+        # fit() built its train function before on_train_begin: rebuild it so the new
+        # set of trainable variables takes effect without recompiling.
+        self.model.train_function = self.model.make_train_function(force=True)
+
+
+def _all_layers(layer: tf.keras.layers.Layer) -> list[tf.keras.layers.Layer]:
+    found = []
+    for sub in getattr(layer, "layers", []):
+        found.append(sub)
+        found.extend(_all_layers(sub))
+    return found
+
+
+def _set_trainable(
+    layer: tf.keras.layers.Layer, keep: Callable[[tf.keras.layers.Layer], bool]
+) -> None:
+    """Freeze ``layer``, except the sub-layers for which ``keep`` holds."""
+    if keep(layer):
+        layer.trainable = True
+        return
+    children = getattr(layer, "layers", None)
+    if children and any(keep(sub) for sub in _all_layers(layer)):
+        for sub in children:
+            _set_trainable(sub, keep)
+        return
+    layer.trainable = False

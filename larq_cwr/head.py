@@ -1,0 +1,269 @@
+"""The CWR* classification head (METHOD §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tensorflow as tf
+
+__all__ = ["CWRStarHead", "class_counts_array"]
+
+
+def class_counts_array(class_counts: Any, num_classes: int) -> np.ndarray:
+    """Validate ``class_counts`` and return it as an int64 array of length ``num_classes``.
+
+    Args:
+        class_counts: A dict ``{class index: count}`` or a length-``num_classes``
+            sequence of counts.
+        num_classes: Number of classes of the head.
+
+    Returns:
+        Int64 array of shape ``(num_classes,)``.
+
+    Raises:
+        ValueError: A class index outside ``[0, num_classes)``, a negative or
+            non-integer count, a wrong length, or no pattern at all.
+    """
+    if isinstance(class_counts, Mapping):
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for label, count in class_counts.items():
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                raise ValueError(
+                    f"`class_counts` keys must be int class indices; got {label!r}."
+                )
+            if not 0 <= label < num_classes:
+                raise ValueError(
+                    f"`class_counts` has class {label}; expected 0 <= class < "
+                    f"num_classes={num_classes}."
+                )
+            counts[int(label)] = _check_count(count, label)
+    else:
+        values = np.asarray(class_counts)
+        if values.ndim != 1 or values.shape[0] != num_classes:
+            raise ValueError(
+                f"`class_counts` must be a dict or a 1-D array of length "
+                f"num_classes={num_classes}; got shape {values.shape}."
+            )
+        counts = np.array(
+            [_check_count(count, label) for label, count in enumerate(values.tolist())],
+            dtype=np.int64,
+        )
+    if counts.sum() == 0:
+        raise ValueError(
+            "`class_counts` holds no pattern: an experience needs at least one "
+            "labelled training pattern."
+        )
+    return counts
+
+
+def _check_count(count: Any, label: int) -> int:
+    if isinstance(count, bool) or not float(count).is_integer():
+        raise ValueError(f"`class_counts` for class {label} must be an integer; got {count!r}.")
+    if count < 0:
+        raise ValueError(f"`class_counts` for class {label} is negative: {count}.")
+    return int(count)
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_cwr")
+class CWRStarHead(tf.keras.layers.Layer):
+    """Bias-free linear head keeping CWR* consolidated weights (METHOD §2).
+
+    ``outputs = inputs @ kernel``: one kernel column per class, no bias. Besides the
+    live (trainable) ``kernel`` the layer keeps the CWR* state as non-trainable
+    weights, so ``model.save``, ``save_weights`` and ``tf.train.Checkpoint`` carry it:
+
+    - ``consolidated_kernel``: consolidated weights per class (zero for unseen classes);
+    - ``past_counts``: training patterns per class in all consolidated experiences;
+    - ``current_counts``: class counts of the experience begun and not yet consolidated.
+
+    A continual-learning experience is ``begin_experience(counts)``, training, then
+    ``consolidate()`` and ``load_consolidated()`` (the ``CWRStar`` callback does all
+    three around ``model.fit``).
+
+    Args:
+        num_classes: Positive int, output units; one kernel column per class.
+        kernel_initializer: Initializer of the live kernel before the first
+            experience (which resets it to zero anyway).
+        **kwargs: Standard Keras layer arguments (``name``, ``dtype``, ...).
+
+    Input shape:
+        2-D tensor ``(batch_size, features)``.
+
+    Output shape:
+        2-D tensor ``(batch_size, num_classes)``: the logits.
+
+    Raises:
+        ValueError: ``num_classes`` not a positive int; input not 2-D (at build time).
+
+    Example:
+        >>> import larq_cwr, tensorflow as tf
+        >>> head = CWRStarHead(3)
+        >>> head.build((None, 2))
+        >>> head.begin_experience({0: 10, 1: 30})
+        >>> head.kernel.assign([[1.0, -1.0, 0.0], [3.0, 5.0, 0.0]])
+        >>> head.consolidate()
+        >>> head.consolidated_kernel[:, :2].tolist()
+        [[-1.0, -3.0], [1.0, 3.0]]
+
+    References:
+        Lomonaco, Maltoni, Pellegrini, "Rehearsal-Free Continual Learning over Small
+        Non-I.I.D. Batches", CVPR-W 2020 (arXiv 1907.03799).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        kernel_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+            raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
+        if num_classes < 1:
+            raise ValueError(f"`num_classes` must be a positive int; got {num_classes}.")
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape: Any) -> None:
+        input_shape = tf.TensorShape(input_shape)
+        if input_shape.rank != 2:
+            raise ValueError(
+                "CWRStarHead expects 2-D inputs (batch_size, features); got shape "
+                f"{input_shape}. Pool or flatten the features first (e.g. "
+                "GlobalAveragePooling2D)."
+            )
+        features = input_shape[-1]
+        if features is None:
+            raise ValueError("The last dimension (features) of CWRStarHead's input must be known.")
+        shape = (int(features), self.num_classes)
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape, initializer=self.kernel_initializer, trainable=True
+        )
+        self._consolidated = self.add_weight(
+            name="consolidated_kernel", shape=shape, initializer="zeros", trainable=False
+        )
+        self._past_counts = self.add_weight(
+            name="past_counts",
+            shape=(self.num_classes,),
+            initializer="zeros",
+            dtype=tf.int64,
+            trainable=False,
+        )
+        self._current_counts = self.add_weight(
+            name="current_counts",
+            shape=(self.num_classes,),
+            initializer="zeros",
+            dtype=tf.int64,
+            trainable=False,
+        )
+        self.input_spec = tf.keras.layers.InputSpec(ndim=2, axes={-1: int(features)})
+        super().build(input_shape)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return tf.matmul(inputs, tf.cast(self.kernel, inputs.dtype))
+
+    def compute_output_shape(self, input_shape: Any) -> tf.TensorShape:
+        return tf.TensorShape(input_shape)[:-1].concatenate([self.num_classes])
+
+    # -- CWR* state ---------------------------------------------------------------
+
+    def _require_built(self, method: str) -> None:
+        if not self.built:
+            raise RuntimeError(
+                f"Build the layer (call it on data or add it to a model) before `{method}()`."
+            )
+
+    @property
+    def consolidated_kernel(self) -> np.ndarray:
+        """Copy of the consolidated weights, shape ``(features, num_classes)``."""
+        self._require_built("consolidated_kernel")
+        return self._consolidated.numpy().copy()
+
+    @property
+    def past_counts(self) -> np.ndarray:
+        """Copy of the per-class pattern counts of all consolidated experiences."""
+        self._require_built("past_counts")
+        return self._past_counts.numpy().copy()
+
+    @property
+    def current_counts(self) -> np.ndarray:
+        """Copy of the class counts of the experience in progress (zeros if none)."""
+        self._require_built("current_counts")
+        return self._current_counts.numpy().copy()
+
+    @property
+    def seen_classes(self) -> list[int]:
+        """Sorted classes with at least one consolidated pattern."""
+        return [int(c) for c in np.flatnonzero(self.past_counts > 0)]
+
+    @property
+    def in_experience(self) -> bool:
+        """True between ``begin_experience`` and ``consolidate``."""
+        return bool(self.current_counts.sum() > 0)
+
+    def begin_experience(self, class_counts: Mapping[int, int] | npt.ArrayLike) -> None:
+        """Reset the live kernel for a new experience (METHOD §2 step 1).
+
+        Every column becomes 0, then each class present in the experience and seen
+        before gets its consolidated weights back. New classes start at 0.
+
+        Args:
+            class_counts: ``{class index: count}`` or a length-``num_classes`` array of
+                the experience's training patterns per class (replayed ones included).
+
+        Raises:
+            ValueError: Invalid ``class_counts`` (see ``class_counts_array``); the
+                state is left unchanged.
+            RuntimeError: The layer is not built yet.
+        """
+        self._require_built("begin_experience")
+        counts = class_counts_array(class_counts, self.num_classes)
+        restore = (counts > 0) & (self.past_counts > 0)
+        kernel = np.where(restore[None, :], self.consolidated_kernel, 0.0)
+        self.kernel.assign(kernel.astype(self.kernel.dtype.as_numpy_dtype))
+        self._current_counts.assign(counts)
+
+    def consolidate(self) -> None:
+        """Merge the trained kernel into the consolidated weights (METHOD §2 step 3).
+
+        With ``avg`` the mean of the live kernel over the present classes' columns:
+        a new class gets ``tw[j] - avg``; a class seen before, with
+        ``w = sqrt(past[j] / cur[j])``, gets ``(cw[j] * w + tw[j] - avg) / (w + 1)``.
+        Then ``past += cur`` and the experience ends.
+
+        Raises:
+            RuntimeError: No experience in progress: call ``begin_experience()`` first.
+        """
+        self._require_built("consolidate")
+        current = self.current_counts
+        if current.sum() == 0:
+            raise RuntimeError("No experience in progress: call `begin_experience()` before `consolidate()`.")
+        past = self.past_counts
+        present = current > 0
+        kernel = self.kernel.numpy().astype(np.float64)
+        consolidated = self.consolidated_kernel.astype(np.float64)
+        shifted = kernel - kernel[:, present].mean()
+        seen = present & (past > 0)
+        weight = np.sqrt(past[seen] / current[seen])
+        consolidated[:, seen] = (consolidated[:, seen] * weight + shifted[:, seen]) / (weight + 1.0)
+        new = present & (past == 0)
+        consolidated[:, new] = shifted[:, new]
+        self._consolidated.assign(consolidated.astype(self._consolidated.dtype.as_numpy_dtype))
+        self._past_counts.assign(past + current)
+        self._current_counts.assign(np.zeros_like(current))
+
+    def load_consolidated(self) -> None:
+        """Write the consolidated weights into the live kernel (METHOD §2 step 4)."""
+        self._require_built("load_consolidated")
+        self.kernel.assign(self._consolidated)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "kernel_initializer": tf.keras.initializers.serialize(self.kernel_initializer),
+        }
