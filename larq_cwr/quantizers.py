@@ -24,6 +24,8 @@ from typing import Any, Callable
 import larq as lq
 import tensorflow as tf
 
+from larq_cwr._checks import check_bits
+
 __all__ = [
     "FakeQuantizer",
     "deserialize",
@@ -32,18 +34,6 @@ __all__ = [
     "serialize",
     "stochastic_quantize",
 ]
-
-MIN_BITS = 2
-MAX_BITS = 16  # tf.quantization.fake_quant_* accepts 2..16 bits; so do we (METHOD §3)
-
-
-def _check_bits(bits: Any, name: str = "bits") -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise ValueError(f"`{name}` must be an int in [{MIN_BITS}, {MAX_BITS}]; got {bits!r}.")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"`{name}` must be in [{MIN_BITS}, {MAX_BITS}]; got {bits}.")
-    return bits
-
 
 def _check_range(min_value: Any, max_value: Any) -> None:
     if (min_value is None) != (max_value is None):
@@ -127,7 +117,7 @@ def fake_quantize(
         >>> fake_quantize(tf.constant([0.0, 0.4, 1.0]), 2).numpy().round(4).tolist()
         [0.0, 0.3333, 1.0]
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     _check_range(min_value, max_value)
     x = tf.convert_to_tensor(x)
     low, high = _resolve_range(x, min_value, max_value)
@@ -178,7 +168,7 @@ def stochastic_quantize(
     Raises:
         ValueError: ``bits`` outside [2, 16] or an inconsistent range.
     """
-    bits = _check_bits(bits)
+    bits = check_bits(bits)
     _check_range(min_value, max_value)
     x = tf.convert_to_tensor(x)
     low, high = _resolve_range(x, min_value, max_value)
@@ -223,7 +213,7 @@ class FakeQuantizer(lq.quantizers.Quantizer):
         zero_exact: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.bits = _check_bits(bits)
+        self.bits = check_bits(bits)
         _check_range(min_value, max_value)
         self.min_value = None if min_value is None else float(min_value)
         self.max_value = None if max_value is None else float(max_value)

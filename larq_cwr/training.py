@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tf_keras.src.engine import data_adapter  # Keras' own input handling, as in fit()
 
 from larq_cwr.head import CWRStarHead
-from larq_cwr.quantizers import _check_bits, fake_quantize, stochastic_quantize
+from larq_cwr._checks import check_bits
+from larq_cwr.quantizers import fake_quantize, stochastic_quantize
 
 __all__ = ["HybridQuantizedTrainStep"]
 
@@ -50,8 +52,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
        whatever the optimizer (momentum is ignored, with a warning).
 
     Calibration fixes the static ranges of the features and of the logit gradient
-    from experience-0 data: automatically at the end of the first ``fit`` (a pass over
-    the same training data, backbone in inference mode) or by ``calibrate(x, y)``.
+    from experience-0 data: automatically at the end of the first ``fit`` or by
+    ``calibrate(x, y)``. The feature range comes from a pass over the data with the
+    trained backbone in inference mode; the gradient range covers that pass and every
+    float training step of experience 0 (whose early, large gradients later
+    experiences' new classes produce again).
     The ranges and the phase are model weights, so saving and loading keep them.
 
     Args:
@@ -93,11 +98,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         **kwargs: Any,
     ) -> None:
         if forward_bits is not None:
-            _check_bits(forward_bits, "forward_bits")
+            check_bits(forward_bits, "forward_bits")
         if update_bits is not None:
-            _check_bits(update_bits, "update_bits")
+            check_bits(update_bits, "update_bits")
         if rounding not in ROUNDING_MODES:
-            raise ValueError(f"`rounding` must be one of {ROUNDING_MODES}; got {rounding!r}.")
+            raise ValueError(
+                f"`rounding` must be one of {ROUNDING_MODES}; got {rounding!r}."
+            )
         super().__init__(*args, **kwargs)
         self.forward_bits = forward_bits
         self.update_bits = update_bits
@@ -120,8 +127,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._gradient_range = self.add_weight(
             name="gradient_range", shape=(2,), initializer="zeros", trainable=False
         )
+        # Running min/max of (p - onehot) and the largest batch over the float training
+        # steps of experience 0; [0, 0] is a safe start since the min is <= 0 <= the max.
+        self._difference_range = self.add_weight(
+            name="difference_range", shape=(2,), initializer="zeros", trainable=False
+        )
+        self._largest_batch = self.add_weight(
+            name="largest_batch", shape=(), initializer="zeros", dtype=tf.int32, trainable=False
+        )
         self._calibrated = self.add_weight(
-            name="calibrated", shape=(), initializer="zeros", dtype=tf.int32, trainable=False
+            name="calibrated",
+            shape=(),
+            initializer="zeros",
+            dtype=tf.int32,
+            trainable=False,
         )
         object.__setattr__(
             self, "_noise", tf.random.Generator.from_seed(0 if seed is None else seed)
@@ -198,22 +217,36 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             batch_size: Batch size for array inputs (default 32, as Keras).
             steps: Number of batches to use (default: all).
 
+        With ``forward_bits=None`` there is no static range to fix: the data is not
+        needed and the call only switches to the hybrid phase.
+
         Raises:
             ValueError: No labelled data, or non-finite features.
         """
-        from tf_keras.src.engine import data_adapter
+        if self.forward_bits is None:
+            self._calibrated.assign(1)
+            return
 
         handler = data_adapter.get_data_handler(
-            x=x, y=y, batch_size=batch_size, steps_per_epoch=steps, model=self, shuffle=False
+            x=x,
+            y=y,
+            batch_size=batch_size,
+            steps_per_epoch=steps,
+            model=self,
+            shuffle=False,
         )
         low = np.array([np.inf, np.inf], dtype=np.float64)
         high = -low
-        largest_batch = 0
+        # Experience-0 training steps saw the large early gradients: keep their range.
+        low[1], high[1] = self._difference_range.numpy()
+        largest_batch = int(self._largest_batch.numpy())
         for _, iterator in handler.enumerate_epochs():
             for _ in handler.steps():
                 inputs, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(next(iterator))
                 if labels is None:
-                    raise ValueError("`calibrate` needs labels: pass `y` or (x, y) batches.")
+                    raise ValueError(
+                        "`calibrate` needs labels: pass `y` or (x, y) batches."
+                    )
                 features, difference = self._calibration_batch(inputs, labels)
                 largest_batch = max(largest_batch, features.shape[0])
                 low = np.minimum(low, [features.min(), difference.min()])
@@ -229,7 +262,10 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._calibrated.assign(1)
         logger.info(
             "Calibrated: features in [%.4g, %.4g], logit gradient in [%.4g, %.4g].",
-            low[0], high[0], low[1], high[1],
+            low[0],
+            high[0],
+            low[1],
+            high[1],
         )
 
     def _calibration_batch(self, inputs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -240,14 +276,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
     # -- training -----------------------------------------------------------------------
 
-    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, **kwargs: Any):
+    def fit(
+        self, x: Any = None, y: Any = None, batch_size: int | None = None, **kwargs: Any
+    ):
         """``tf.keras.Model.fit``; the first call also calibrates (``auto_calibrate``)."""
         history = super().fit(x, y, batch_size, **kwargs)
         if self.auto_calibrate and not self.is_calibrated:
-            if self.forward_bits is None:
-                self._calibrated.assign(1)  # float forward pass: no range to fix
-            else:
-                self.calibrate(x, y, batch_size=batch_size)
+            self.calibrate(x, y, batch_size=batch_size)
         return history
 
     def make_train_function(self, force: bool = False):
@@ -260,20 +295,45 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return super().make_train_function(force=force)
 
     def train_step(self, data: Any) -> dict[str, Any]:
-        if not self._traced_hybrid:
-            return super().train_step(data)
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        if not self._traced_hybrid:
+            return self._float_step(x, y, sample_weight)
         features, _ = self._features_and_logits(x, training=False)
         logits, probabilities = self._hybrid_update(features, y)
         y_pred = logits if self._outputs_logits else probabilities
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def _hybrid_update(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _float_step(self, x: Any, y: Any, sample_weight: Any) -> dict[str, Any]:
+        """Keras' own float train step, also tracking the logit-gradient range."""
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
+        self._validate_target_and_loss(y, loss)
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        probabilities = tf.nn.softmax(y_pred) if self._outputs_logits else y_pred
+        difference = self._logit_gradient(probabilities, y) * tf.cast(
+            tf.shape(probabilities)[0], probabilities.dtype
+        )
+        current = self._difference_range
+        current.assign(
+            [
+                tf.minimum(current[0], tf.reduce_min(difference)),
+                tf.maximum(current[1], tf.reduce_max(difference)),
+            ]
+        )
+        self._largest_batch.assign(tf.maximum(self._largest_batch, tf.shape(difference)[0]))
+        return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def _hybrid_update(
+        self, features: tf.Tensor, labels: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """One METHOD §4 step on the head kernel; returns (logits, softmax)."""
         kernel = self.head.kernel
         features = tf.cast(features, kernel.dtype)
-        x_q = self._forward_quantize(features, self._feature_range[0], self._feature_range[1])
+        x_q = self._forward_quantize(
+            features, self._feature_range[0], self._feature_range[1]
+        )
         low, high = tf.reduce_min(kernel), tf.reduce_max(kernel)
         margin = WEIGHT_RANGE_MARGIN * (high - low)
         w_q = self._forward_quantize(kernel, low - margin, high + margin)
@@ -281,7 +341,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         probabilities = tf.nn.softmax(logits)
         p_q = self._forward_quantize(probabilities, 0.0, 1.0)
         gradient = self._logit_gradient(p_q, labels)
-        g_q = self._forward_quantize(gradient, self._gradient_range[0], self._gradient_range[1])
+        g_q = self._forward_quantize(
+            gradient, self._gradient_range[0], self._gradient_range[1]
+        )
         updated = kernel - self._learning_rate() * tf.matmul(x_q, g_q, transpose_a=True)
         kernel.assign(self._store(updated))
         self.optimizer.iterations.assign_add(1)
@@ -303,7 +365,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         if self.forward_bits is None:
             return tensor
         return fake_quantize(
-            tensor, self.forward_bits, min_value=low, max_value=high, zero_exact=self.zero_exact
+            tensor,
+            self.forward_bits,
+            min_value=low,
+            max_value=high,
+            zero_exact=self.zero_exact,
         )
 
     def _store(self, weights: tf.Tensor) -> tf.Tensor:

@@ -106,20 +106,37 @@ def test_hybrid_step_matches_method_in_numpy(forward_bits, update_bits):
         np.testing.assert_allclose(levels, np.round(levels), atol=0.02)
 
 
-def test_auto_calibration_after_first_fit():
+def test_calibrate_takes_pass_ranges():
     x, y = _data(80)
     model = _hybrid_model()
+    model.head.kernel.assign(np.random.default_rng(4).normal(size=(FEATURES, CLASSES)))
+    model.calibrate(x, y, batch_size=BATCH)
+    features = _features(model, x)
+    np.testing.assert_allclose(model.feature_range, [features.min(), features.max()], rtol=1e-6)
+    p = tf.nn.softmax(features @ model.head.kernel.numpy()).numpy()
+    diff = p - np.eye(CLASSES)[y]
+    # Normalized by the full batch size, not by the short last batch.
+    np.testing.assert_allclose(
+        model.gradient_range, [diff.min() / BATCH, diff.max() / BATCH], rtol=1e-5
+    )
+
+
+def test_float_steps_track_gradient_range_and_fit_calibrates():
+    x, y = _data(80)
+    model = _hybrid_model()
+    model.head.kernel.assign(np.random.default_rng(4).normal(size=(FEATURES, CLASSES)))
+    p = tf.nn.softmax(model.predict(x[:BATCH], verbose=0)).numpy()
+    diff = p - np.eye(CLASSES)[y[:BATCH]]
+    model.train_on_batch(x[:BATCH], y[:BATCH])  # float phase: whole model, tracked
+    np.testing.assert_allclose(model._difference_range.numpy(), [diff.min(), diff.max()], rtol=1e-5)
+
     assert not model.is_calibrated
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     assert model.is_calibrated
     features = _features(model, x)
     np.testing.assert_allclose(model.feature_range, [features.min(), features.max()], rtol=1e-6)
-    logits = features @ model.head.kernel.numpy()
-    p = tf.nn.softmax(logits).numpy()
-    diff = p - np.eye(CLASSES)[y]
-    np.testing.assert_allclose(
-        model.gradient_range, [diff.min() / BATCH, diff.max() / BATCH], rtol=1e-5
-    )
+    low, high = model.gradient_range
+    assert low <= diff.min() / BATCH and high >= diff.max() / BATCH
     # The second fit is the hybrid phase: the backbone no longer changes.
     before = model.get_layer("backbone").kernel.numpy().copy()
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
