@@ -274,6 +274,51 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         difference = self._logit_gradient(tf.nn.softmax(logits), labels) * batch
         return features.numpy(), difference.numpy()
 
+    @property
+    def feature_extractor(self) -> tf.keras.Model:
+        """Model from the inputs to the head's input features (shares the layers)."""
+        return tf.keras.Model(self.inputs, self.head.input)
+
+    def head_model(self) -> "HybridQuantizedTrainStep":
+        """A copy of the head alone, on feature inputs, with this model's state.
+
+        The copy has the same bit widths, rounding and seed, the head's weights (CWR*
+        state included) and the calibration state. Once the backbone is frozen, a stream
+        can train this copy on precomputed features (the same arithmetic, without
+        running the backbone every epoch) and ``load_head_state`` the result back.
+
+        Returns:
+            A new, uncompiled ``HybridQuantizedTrainStep``.
+        """
+        features = tf.keras.Input(tuple(self.head.input.shape[1:]), name="features")
+        head = CWRStarHead.from_config(self.head.get_config())
+        outputs = head(features)
+        if not self._outputs_logits:
+            outputs = tf.keras.layers.Softmax()(outputs)
+        model = HybridQuantizedTrainStep(
+            features,
+            outputs,
+            name=f"{self.name}_head",
+            **{key: getattr(self, key) for key in _OWN_ARGUMENTS},
+        )
+        model.load_head_state(self)
+        return model
+
+    def load_head_state(self, other: "HybridQuantizedTrainStep") -> None:
+        """Copy the head weights and the calibration state of ``other`` into this model."""
+        self.head.set_weights(other.head.get_weights())
+        for mine, theirs in zip(self._calibration_state(), other._calibration_state()):
+            mine.assign(theirs)
+
+    def _calibration_state(self) -> list[tf.Variable]:
+        return [
+            self._feature_range,
+            self._gradient_range,
+            self._difference_range,
+            self._largest_batch,
+            self._calibrated,
+        ]
+
     # -- training -----------------------------------------------------------------------
 
     def fit(
