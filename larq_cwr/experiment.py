@@ -65,6 +65,7 @@ class Variant:
         forward_bits: Forward bits of the hybrid head update, None for float.
         update_bits: Stored-weight bits of the hybrid head update, None for float.
         rounding: ``"nearest"`` or ``"stochastic"`` rounding of the stored update.
+        zero_exact: Quantize with TensorFlow's zero-exact op (see ``fake_quantize``).
     """
 
     name: str
@@ -72,6 +73,7 @@ class Variant:
     forward_bits: int | None = None
     update_bits: int | None = None
     rounding: str = "nearest"
+    zero_exact: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGY_NAMES:
@@ -188,6 +190,7 @@ def build_model(
         forward_bits=variant.forward_bits,
         update_bits=variant.update_bits,
         rounding=variant.rounding,
+        zero_exact=variant.zero_exact,
         seed=config.seed,
         auto_calibrate=False,
         name=f"{config.backbone}_{variant.name}",

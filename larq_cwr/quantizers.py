@@ -32,6 +32,7 @@ __all__ = [
     "fake_quantize",
     "get",
     "serialize",
+    "snap_to_grid",
     "stochastic_quantize",
 ]
 
@@ -59,21 +60,51 @@ def _resolve_range(
     return tf.cast(min_value, x.dtype), tf.cast(max_value, x.dtype)
 
 
-def _affine_levels(
+_MIN_SPAN = 1e-30  # stands in for a zero span; (2^16 - 1) / _MIN_SPAN stays finite
+
+
+def snap_to_grid(
     x: tf.Tensor,
     bits: int,
-    low: tf.Tensor,
-    high: tf.Tensor,
-    round_fn: Callable[[tf.Tensor], tf.Tensor],
+    low: tf.Tensor | float,
+    high: tf.Tensor | float,
+    *,
+    rounding: str = "nearest",
+    generator: tf.random.Generator | None = None,
+    zero_exact: bool = False,
 ) -> tf.Tensor:
-    """Snap ``x`` onto the ``2^bits`` levels of ``[low, high]`` with ``round_fn``."""
-    span = high - low
-    # A zero span (constant tensor or m == M) returns the input unchanged (METHOD §3);
-    # the safe divisor keeps the unused branch finite.
-    safe_span = tf.where(span > 0, span, tf.ones_like(span))
-    scale = (2.0**bits - 1.0) / safe_span
-    levels = round_fn((tf.clip_by_value(x, low, high) - low) * scale)
-    return tf.where(span > 0, levels / scale + low, x)
+    """Forward-only quantization onto the ``2^bits`` levels of ``[low, high]``.
+
+    The lean core of ``fake_quantize`` for hand-written update steps that need no
+    gradient (``HybridQuantizedTrainStep``): no gradient wrapper and no argument
+    checks. Where ``low == high`` every value maps to ``low`` (``fake_quantize``
+    instead returns its input unchanged, METHOD §3).
+
+    Args:
+        x: Float tensor.
+        bits: Int in [2, 16] (not checked here).
+        low: Lower end of the range.
+        high: Upper end of the range.
+        rounding: ``"nearest"`` (half to even) or ``"stochastic"`` (needs ``generator``).
+        generator: Seeded ``tf.random.Generator`` for stochastic rounding.
+        zero_exact: Use ``tf.quantization.fake_quant_with_min_max_vars`` (nearest only).
+
+    Returns:
+        A tensor like ``x`` on the grid.
+    """
+    if zero_exact:
+        quantized = tf.quantization.fake_quant_with_min_max_vars(
+            tf.cast(x, tf.float32), tf.cast(low, tf.float32), tf.cast(high, tf.float32), num_bits=bits
+        )
+        return tf.cast(quantized, x.dtype)
+    scale = (2.0**bits - 1.0) / tf.maximum(high - low, _MIN_SPAN)
+    scaled = (tf.clip_by_value(x, low, high) - low) * scale
+    if rounding == "stochastic":
+        # Round up with probability equal to the fractional part: E[q(x)] = clip(x).
+        levels = tf.floor(scaled + generator.uniform(tf.shape(scaled), dtype=scaled.dtype))
+    else:
+        levels = tf.round(scaled)  # tf.round rounds half to even, as METHOD §3 asks
+    return levels / scale + low
 
 
 def _straight_through(forward: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -121,22 +152,9 @@ def fake_quantize(
     _check_range(min_value, max_value)
     x = tf.convert_to_tensor(x)
     low, high = _resolve_range(x, min_value, max_value)
-    if zero_exact:
-
-        def forward(inputs):
-            quantized = tf.quantization.fake_quant_with_min_max_vars(
-                tf.cast(inputs, tf.float32),
-                tf.cast(low, tf.float32),
-                tf.cast(high, tf.float32),
-                num_bits=bits,
-            )
-            return tf.where(high > low, tf.cast(quantized, inputs.dtype), inputs)
-
-    else:
-
-        def forward(inputs):
-            # tf.round rounds half to even, as METHOD §3 asks.
-            return _affine_levels(inputs, bits, low, high, tf.round)
+    def forward(inputs):
+        quantized = snap_to_grid(inputs, bits, low, high, zero_exact=zero_exact)
+        return tf.where(high > low, quantized, inputs)  # m == M: unchanged (METHOD §3)
 
     return _straight_through(forward, x)
 
@@ -173,13 +191,11 @@ def stochastic_quantize(
     x = tf.convert_to_tensor(x)
     low, high = _resolve_range(x, min_value, max_value)
 
-    def round_stochastic(scaled):
-        noise = generator.uniform(tf.shape(scaled), dtype=scaled.dtype)
-        return tf.floor(scaled + noise)
+    def forward(inputs):
+        quantized = snap_to_grid(inputs, bits, low, high, rounding="stochastic", generator=generator)
+        return tf.where(high > low, quantized, inputs)
 
-    return _straight_through(
-        lambda inputs: _affine_levels(inputs, bits, low, high, round_stochastic), x
-    )
+    return _straight_through(forward, x)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")

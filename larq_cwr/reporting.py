@@ -27,6 +27,7 @@ def write_json(data: Any, path: str | os.PathLike) -> pathlib.Path:
         "w", dir=path.parent, delete=False, suffix=".tmp"
     ) as f:
         f.write(text + "\n")
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; a report is for reading
     os.replace(f.name, path)
     return path
 

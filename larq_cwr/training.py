@@ -12,7 +12,7 @@ from tf_keras.src.engine import data_adapter  # Keras' own input handling, as in
 
 from larq_cwr.head import CWRStarHead
 from larq_cwr._checks import check_bits
-from larq_cwr.quantizers import fake_quantize, stochastic_quantize
+from larq_cwr.quantizers import snap_to_grid
 
 __all__ = ["HybridQuantizedTrainStep"]
 
@@ -409,20 +409,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     def _forward_quantize(self, tensor: tf.Tensor, low: Any, high: Any) -> tf.Tensor:
         if self.forward_bits is None:
             return tensor
-        return fake_quantize(
-            tensor,
-            self.forward_bits,
-            min_value=low,
-            max_value=high,
-            zero_exact=self.zero_exact,
-        )
+        return snap_to_grid(tensor, self.forward_bits, low, high, zero_exact=self.zero_exact)
 
     def _store(self, weights: tf.Tensor) -> tf.Tensor:
         if self.update_bits is None:
             return weights
-        if self.rounding == "stochastic":
-            return stochastic_quantize(weights, self.update_bits, generator=self._noise)
-        return fake_quantize(weights, self.update_bits, zero_exact=self.zero_exact)
+        return snap_to_grid(
+            weights,
+            self.update_bits,
+            tf.reduce_min(weights),
+            tf.reduce_max(weights),
+            rounding=self.rounding,
+            generator=self._noise,
+            zero_exact=self.zero_exact and self.rounding == "nearest",
+        )
 
     def _learning_rate(self) -> tf.Tensor:
         rate = self.optimizer.learning_rate
