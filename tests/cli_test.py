@@ -72,3 +72,16 @@ def test_default_main_job_as_a_new_user(tmp_path):
         # Full defaults, seed 0: the same numbers as tests/integration_test.py.
         assert finals["cwr_float"] - finals["naive"] >= 0.08
         assert report["total_seconds"] < 300
+
+
+def test_pretrain_writes_weights_that_load(tmp_path, capsys):
+    from larq_cwr.backbones import build_backbone
+
+    out = tmp_path / "bnn.h5"
+    argv = ["pretrain", "--classes", "0", "1", "--epochs", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert "val_accuracy" in capsys.readouterr().out
+    backbone = build_backbone("bnn32", input_shape=(16, 16, 1), weights=out)
+    fresh = build_backbone("bnn32", input_shape=(16, 16, 1))
+    x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
+    assert not np.allclose(backbone(x).numpy(), fresh(x).numpy())
