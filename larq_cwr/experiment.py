@@ -239,11 +239,22 @@ def train_first_experience(
         ``(weights, seconds)``: the model's weights after consolidation, to start
         every variant from, and the training time.
     """
+    model, seconds = _train_whole_network(scenario[0], scenario.num_classes, config, "first", callbacks)
+    return model.get_weights(), seconds
+
+
+def _train_whole_network(
+    experience: Experience,
+    num_classes: int,
+    config: TrainingConfig,
+    label: str,
+    callbacks: CallbackFactory | None,
+) -> tuple[HybridQuantizedTrainStep, float]:
+    """Float training of backbone and head (Adam) as one CWR* experience."""
     tf.keras.utils.set_random_seed(config.seed)
-    experience = scenario[0]
-    model = build_model(experience.x_train.shape[1:], scenario.num_classes, config)
+    model = build_model(experience.x_train.shape[1:], num_classes, config)
     _compile(model, tf.keras.optimizers.Adam(config.first_learning_rate))
-    extra = callbacks("first", 0, config.first_epochs) if callbacks else []
+    extra = callbacks(label, 0, config.first_epochs) if callbacks else []
     seconds = _fit(
         model,
         experience,
@@ -251,7 +262,7 @@ def train_first_experience(
         config=config,
         callbacks=[CWRStar(model.head, class_counts=experience.class_counts), *extra],
     )
-    return model.get_weights(), seconds
+    return model, seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,17 +361,8 @@ def train_joint(
     Returns:
         ``(test accuracy over all classes, training seconds)``.
     """
-    tf.keras.utils.set_random_seed(config.seed)
-    joint = scenario.joint_experience()
-    model = build_model(joint.x_train.shape[1:], scenario.num_classes, config)
-    _compile(model, tf.keras.optimizers.Adam(config.first_learning_rate))
-    extra = callbacks("joint", 0, config.first_epochs) if callbacks else []
-    seconds = _fit(
-        model,
-        joint,
-        epochs=config.first_epochs,
-        config=config,
-        callbacks=[CWRStar(model.head, class_counts=joint.class_counts), *extra],
+    model, seconds = _train_whole_network(
+        scenario.joint_experience(), scenario.num_classes, config, "joint", callbacks
     )
     logits = model.predict(scenario.x_test, batch_size=256, verbose=0)
     return float(np.mean(logits.argmax(axis=1) == scenario.y_test)), seconds
