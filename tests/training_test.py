@@ -204,3 +204,26 @@ def test_momentum_warns():
     model.calibrate(x, y)
     with pytest.warns(UserWarning, match="plain SGD"):
         model.train_on_batch(x[:4], y[:4])
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_head_model_on_features_equals_full_model(rounding):
+    x, y = _data(96)
+    full = _hybrid_model(8, 8, rounding=rounding, seed=11)
+    full.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)  # float phase + calibration
+    head = full.head_model()
+    head.compile(tf.keras.optimizers.SGD(0.05), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    np.testing.assert_array_equal(head.feature_range, full.feature_range)
+    np.testing.assert_array_equal(head.gradient_range, full.gradient_range)
+    assert head.is_calibrated and isinstance(head.head, CWRStarHead)
+
+    features = full.feature_extractor.predict(x, verbose=0)
+    for model, inputs in ((full, x), (head, features)):
+        callback = CWRStar(model.head, labels=y)
+        model.fit(inputs, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False, callbacks=[callback])
+    # Same arithmetic on the same features and the same noise seed.
+    np.testing.assert_allclose(head.head.kernel.numpy(), full.head.kernel.numpy(), atol=1e-6)
+    before = full.get_layer("backbone").kernel.numpy().copy()
+    full.load_head_state(head)
+    np.testing.assert_array_equal(full.head.consolidated_kernel, head.head.consolidated_kernel)
+    np.testing.assert_array_equal(full.get_layer("backbone").kernel.numpy(), before)
