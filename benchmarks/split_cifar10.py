@@ -294,6 +294,28 @@ def write_markdown(tables, timing, args, seeds, meta):
             rows.append(["joint (upper bound)", _pm(entry["joint"]), "-", "-", "-"])
             lines.append(format_table(["strategy", "final acc (%)", "avg acc (%)", "forgetting (pp)", "vs float (pp)"], rows))
             lines.append("")
+    lines += ["## Targets", ""]
+    for key, table in tables.items():
+        entry = table.get("nc")
+        if not entry:
+            continue
+        gap_16 = entry["gap_to_float"]["cwr_8_16"]["mean"] * 100
+        gap_8s = entry["gap_to_float"]["cwr_8_8_stochastic"]["mean"] * 100
+        gap_8 = entry["gap_to_float"]["cwr_8_8"]["mean"] * 100
+        lines.append(
+            f"- NC, {titles[key]}: hybrid 8/16 {gap_16:+.2f} pp vs float (target within 0.25: "
+            f"{'met' if abs(gap_16) <= 0.25 else 'not met'}); 8/8 stochastic {gap_8s:+.2f} pp (target within 1: "
+            f"{'met' if abs(gap_8s) <= 1 else 'not met'}); 8/8 nearest {gap_8:+.2f} pp."
+        )
+    if timing:
+        ratios = [t["head"]["ratio"] for t in timing]
+        full = [t["full"]["ratio"] for t in timing]
+        lines.append(
+            f"- Hybrid head step time / float: {np.mean(ratios):.2f} on features (per seed "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}), {np.mean(full):.2f} with the frozen backbone "
+            f"(target at most 1.15: {'met' if np.mean(ratios) <= 1.15 else 'not met'})."
+        )
+    lines.append("")
     if timing:
         lines += ["## Head train step time, hybrid 8/16 vs float (same process, interleaved, median)", ""]
         rows = []
@@ -302,7 +324,9 @@ def write_markdown(tables, timing, args, seeds, meta):
                 rows.append([seeds[index], label, f"{t[kind]['float_ms']:.3f}", f"{t[kind]['hybrid_8_16_ms']:.3f}", f"{t[kind]['ratio']:.2f}"])
         lines.append(format_table(["seed", "step", "float (ms)", "hybrid 8/16 (ms)", "ratio"], rows))
         lines.append("")
-    lines += [f"Versions: {meta['versions']}. Total time {meta['seconds'] / 60:.0f} min on {meta['machine']}.", ""]
+    lines += [f"Versions: {meta['versions']}. Machine: {meta['machine']}. This invocation took "
+              f"{meta['seconds'] / 60:.0f} min; per-seed records in `benchmarks/results/` are reused when "
+              "their settings match (delete them to recompute).", ""]
     args.doc.write_text("\n".join(lines))
 
 
