@@ -13,7 +13,6 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["main"]
 

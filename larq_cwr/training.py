@@ -270,8 +270,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
     def _calibration_batch(self, inputs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
         features, logits = self._features_and_logits(inputs, training=False)
-        batch = features.shape[0]
-        difference = self._logit_gradient(tf.nn.softmax(logits), labels) * batch
+        difference = self._logit_difference(tf.nn.softmax(logits), labels)
         return features.numpy(), difference.numpy()
 
     @property
@@ -357,9 +356,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._validate_target_and_loss(y, loss)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         probabilities = tf.nn.softmax(y_pred) if self._outputs_logits else y_pred
-        difference = self._logit_gradient(probabilities, y) * tf.cast(
-            tf.shape(probabilities)[0], probabilities.dtype
-        )
+        difference = self._logit_difference(probabilities, y)
         current = self._difference_range
         current.assign(
             [
@@ -396,6 +393,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
     def _logit_gradient(self, probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
         """``(p - onehot(y)) / batch``: d(mean softmax cross-entropy)/d(logits)."""
+        batch = tf.cast(tf.shape(probabilities)[0], probabilities.dtype)
+        return self._logit_difference(probabilities, labels) / batch
+
+    def _logit_difference(self, probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
+        """``p - onehot(y)`` for int (or one-hot) labels."""
         num_classes = self.head.num_classes
         labels = tf.convert_to_tensor(labels)
         if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
@@ -403,8 +405,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         else:
             labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
             onehot = tf.one_hot(labels, num_classes, dtype=probabilities.dtype)
-        batch = tf.cast(tf.shape(probabilities)[0], probabilities.dtype)
-        return (probabilities - onehot) / batch
+        return probabilities - onehot
 
     def _forward_quantize(self, tensor: tf.Tensor, low: Any, high: Any) -> tf.Tensor:
         if self.forward_bits is None:
