@@ -18,12 +18,19 @@ import dataclasses
 import pathlib
 import sys
 
-import larq_cwr  # noqa: F401  (Keras 2 before TensorFlow)
+import larq_cwr  # noqa: F401  isort: skip  (Keras 2 before TensorFlow)
 
 import numpy as np
 
 from larq_cwr.datasets import load_digits
-from larq_cwr.experiment import TrainingConfig, Variant, extract_features, run_stream, train_first_experience, versions
+from larq_cwr.experiment import (
+    TrainingConfig,
+    Variant,
+    extract_features,
+    run_stream,
+    train_first_experience,
+    versions,
+)
 from larq_cwr.reporting import format_table, write_json
 from larq_cwr.scenarios import nc_scenario
 
@@ -41,13 +48,19 @@ def variants():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--results", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--doc", type=pathlib.Path, default=ROOT / "docs" / "quantization.md")
+    parser.add_argument(
+        "--results", type=pathlib.Path, default=ROOT / "benchmarks" / "results"
+    )
+    parser.add_argument(
+        "--doc", type=pathlib.Path, default=ROOT / "docs" / "quantization.md"
+    )
     args = parser.parse_args(argv)
     data = load_digits(image_size=16)
     finals: dict[str, list[float]] = {}
     for seed in args.seeds:
-        scenario = nc_scenario(data.x_train, data.y_train, data.x_test, data.y_test, n_experiences=5, seed=seed)
+        scenario = nc_scenario(
+            data.x_train, data.y_train, data.x_test, data.y_test, n_experiences=5, seed=seed
+        )
         config = TrainingConfig(seed=seed)
         first_weights, _ = train_first_experience(scenario, config)
         features = extract_features(scenario, first_weights, config)
@@ -58,12 +71,29 @@ def main(argv=None):
     for forward_bits, update_bits in BITS:
         name = Variant.cwr(forward_bits, update_bits).name
         plain, zero = np.array(finals[name]), np.array(finals[name + "_zero_exact"])
-        rows.append([f"{forward_bits}/{update_bits}", 100 * plain.mean(), 100 * zero.mean(),
-                     100 * np.abs(zero - plain).max(), 100 * np.abs(zero - plain).mean()])
-    table = format_table(["bits (forward/update)", "METHOD §3 grid (%)", "zero-exact TF op (%)",
-                          "max |diff| (pp)", "mean |diff| (pp)"], rows)
-    write_json({"seeds": args.seeds, "final_accuracy": finals, "versions": versions()},
-               args.results / "quantizer_choice.json")
+        rows.append(
+            [
+                f"{forward_bits}/{update_bits}",
+                100 * plain.mean(),
+                100 * zero.mean(),
+                100 * np.abs(zero - plain).max(),
+                100 * np.abs(zero - plain).mean(),
+            ]
+        )
+    table = format_table(
+        [
+            "bits (forward/update)",
+            "METHOD §3 grid (%)",
+            "zero-exact TF op (%)",
+            "max |diff| (pp)",
+            "mean |diff| (pp)",
+        ],
+        rows,
+    )
+    write_json(
+        {"seeds": args.seeds, "final_accuracy": finals, "versions": versions()},
+        args.results / "quantizer_choice.json",
+    )
     text = args.doc.read_text() if args.doc.exists() else ""
     marker = "<!-- quantizer_choice table -->"
     head = text.split(marker)[0] if marker in text else text

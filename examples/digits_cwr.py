@@ -8,7 +8,7 @@ printed after each experience.
     python examples/digits_cwr.py
 """
 
-import larq_cwr  # first: arranges Keras 2 before TensorFlow loads
+import larq_cwr  # noqa: F401  isort: skip  (first: Keras 2 before TensorFlow loads)
 
 import numpy as np
 import tensorflow as tf
@@ -44,12 +44,20 @@ def run(forward_bits, update_bits, data):
         elif index == 1:  # head only, hybrid SGD step (METHOD §4)
             model.compile(tf.keras.optimizers.SGD(0.0025), loss, metrics=["accuracy"])
             epochs = 5
-        model.fit(x, y, batch_size=50, epochs=epochs, verbose=0,
-                  callbacks=[CWRStar(model.get_layer("cwr_head"), labels=y)])
+        model.fit(
+            x,
+            y,
+            batch_size=50,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[CWRStar(model.get_layer("cwr_head"), labels=y)],
+        )
         _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
         accuracies.append(accuracy)
-        print(f"  after experience {index} (classes {classes}): "
-              f"accuracy on all classes {accuracy:.3f}")
+        print(
+            f"  after experience {index} (classes {classes}): "
+            f"accuracy on all classes {accuracy:.3f}"
+        )
     return accuracies
 
 

@@ -7,7 +7,11 @@ ensure_legacy_keras()
 from larq_cwr import quantizers  # noqa: E402
 from larq_cwr.callbacks import CWRStar, count_classes  # noqa: E402
 from larq_cwr.head import CWRStarHead  # noqa: E402
-from larq_cwr.quantizers import FakeQuantizer, fake_quantize, stochastic_quantize  # noqa: E402
+from larq_cwr.quantizers import (  # noqa: E402
+    FakeQuantizer,
+    fake_quantize,
+    stochastic_quantize,
+)
 from larq_cwr.training import HybridQuantizedTrainStep  # noqa: E402
 
 __version__ = "0.1.0"

@@ -40,7 +40,9 @@ def count_classes(labels: npt.ArrayLike, num_classes: int) -> np.ndarray:
         if not np.all(values == np.round(values)):
             raise ValueError("`labels` must be integer class indices.")
     elif values.size and values.dtype.kind not in "iu":
-        raise ValueError(f"`labels` must be integer class indices; got dtype {values.dtype}.")
+        raise ValueError(
+            f"`labels` must be integer class indices; got dtype {values.dtype}."
+        )
     values = values.astype(np.int64)
     bad = values[(values < 0) | (values >= num_classes)]
     if bad.size:
@@ -118,7 +120,9 @@ class CWRStar(tf.keras.callbacks.Callback):
         counts = np.zeros(head.num_classes, dtype=np.int64)
         for element in dataset:
             if not isinstance(element, (tuple, list)) or len(element) < 2:
-                raise ValueError("`dataset` must yield (x, y) or (x, y, sample_weight) tuples.")
+                raise ValueError(
+                    "`dataset` must yield (x, y) or (x, y, sample_weight) tuples."
+                )
             counts += count_classes(np.asarray(element[1]), head.num_classes)
         return cls(head, class_counts=counts, **kwargs)
 

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from larq_cwr._checks import check_bits
 from larq_cwr.backbones import build_backbone
 from larq_cwr.callbacks import CWRStar
 from larq_cwr.head import CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
 from larq_cwr.scenarios import Experience, Scenario
-from larq_cwr._checks import check_bits
 from larq_cwr.training import ROUNDING_MODES, HybridQuantizedTrainStep
 
 __all__ = [
@@ -239,7 +239,9 @@ def train_first_experience(
         ``(weights, seconds)``: the model's weights after consolidation, to start
         every variant from, and the training time.
     """
-    model, seconds = _train_whole_network(scenario[0], scenario.num_classes, config, "first", callbacks)
+    model, seconds = _train_whole_network(
+        scenario[0], scenario.num_classes, config, "first", callbacks
+    )
     return model.get_weights(), seconds
 
 
@@ -294,7 +296,8 @@ def extract_features(
     start = time.perf_counter()
     batch = max(config.batch_size, 256)
     train = tuple(
-        extractor.predict(e.x_train, batch_size=batch, verbose=0) for e in scenario.experiences
+        extractor.predict(e.x_train, batch_size=batch, verbose=0)
+        for e in scenario.experiences
     )
     test = extractor.predict(scenario.x_test, batch_size=batch, verbose=0)
     return FrozenFeatures(scenario, train, test, time.perf_counter() - start)
@@ -327,7 +330,9 @@ def run_stream(
     """
     tf.keras.utils.set_random_seed(config.seed)
     scenario = features.scenario
-    model = build_model(scenario[0].x_train.shape[1:], scenario.num_classes, config, variant)
+    model = build_model(
+        scenario[0].x_train.shape[1:], scenario.num_classes, config, variant
+    )
     model.set_weights(first_weights)
     head = model.head_model()
     first = features.experience(0)
@@ -336,7 +341,9 @@ def run_stream(
     head.calibrate(first.x_train, first.y_train, batch_size=config.batch_size)
     _compile(head, tf.keras.optimizers.SGD(config.learning_rate))
     accuracy = _new_accuracy(scenario)
-    accuracy.update(0, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0))
+    accuracy.update(
+        0, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0)
+    )
     fit_seconds = []
     for index in range(1, len(scenario)):
         experience = features.experience(index)
@@ -344,8 +351,12 @@ def run_stream(
         if variant.strategy == "cwr":
             extra.insert(0, CWRStar(head.head, class_counts=experience.class_counts))
         # Naive fine-tuning: the same head-only update without reset or consolidation.
-        fit_seconds.append(_fit(head, experience, epochs=config.epochs, config=config, callbacks=extra))
-        accuracy.update(index, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0))
+        fit_seconds.append(
+            _fit(head, experience, epochs=config.epochs, config=config, callbacks=extra)
+        )
+        accuracy.update(
+            index, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0)
+        )
     model.load_head_state(head)
     return VariantResult(variant, accuracy, fit_seconds, model)
 

@@ -61,7 +61,9 @@ def class_counts_array(class_counts: Any, num_classes: int) -> np.ndarray:
 
 def _check_count(count: Any, label: int) -> int:
     if isinstance(count, bool) or not float(count).is_integer():
-        raise ValueError(f"`class_counts` for class {label} must be an integer; got {count!r}.")
+        raise ValueError(
+            f"`class_counts` for class {label} must be an integer; got {count!r}."
+        )
     if count < 0:
         raise ValueError(f"`class_counts` for class {label} is negative: {count}.")
     return int(count)
@@ -138,7 +140,9 @@ class CWRStarHead(tf.keras.layers.Layer):
             )
         features = input_shape[-1]
         if features is None:
-            raise ValueError("The last dimension (features) of CWRStarHead's input must be known.")
+            raise ValueError(
+                "The last dimension (features) of CWRStarHead's input must be known."
+            )
         shape = (int(features), self.num_classes)
         self.kernel = self.add_weight(
             name="kernel", shape=shape, initializer=self.kernel_initializer, trainable=True
@@ -241,7 +245,9 @@ class CWRStarHead(tf.keras.layers.Layer):
         self._require_built("consolidate")
         current = self.current_counts
         if current.sum() == 0:
-            raise RuntimeError("No experience in progress: call `begin_experience()` before `consolidate()`.")
+            raise RuntimeError(
+                "No experience in progress: call `begin_experience()` before `consolidate()`."
+            )
         past = self.past_counts
         present = current > 0
         kernel = self.kernel.numpy().astype(np.float64)
@@ -249,10 +255,14 @@ class CWRStarHead(tf.keras.layers.Layer):
         shifted = kernel - kernel[:, present].mean()
         seen = present & (past > 0)
         weight = np.sqrt(past[seen] / current[seen])
-        consolidated[:, seen] = (consolidated[:, seen] * weight + shifted[:, seen]) / (weight + 1.0)
+        consolidated[:, seen] = (consolidated[:, seen] * weight + shifted[:, seen]) / (
+            weight + 1.0
+        )
         new = present & (past == 0)
         consolidated[:, new] = shifted[:, new]
-        self._consolidated.assign(consolidated.astype(self._consolidated.dtype.as_numpy_dtype))
+        self._consolidated.assign(
+            consolidated.astype(self._consolidated.dtype.as_numpy_dtype)
+        )
         self._past_counts.assign(past + current)
         self._current_counts.assign(np.zeros_like(current))
 

@@ -36,6 +36,7 @@ __all__ = [
     "stochastic_quantize",
 ]
 
+
 def _check_range(min_value: Any, max_value: Any) -> None:
     if (min_value is None) != (max_value is None):
         raise ValueError(
@@ -94,7 +95,10 @@ def snap_to_grid(
     """
     if zero_exact:
         quantized = tf.quantization.fake_quant_with_min_max_vars(
-            tf.cast(x, tf.float32), tf.cast(low, tf.float32), tf.cast(high, tf.float32), num_bits=bits
+            tf.cast(x, tf.float32),
+            tf.cast(low, tf.float32),
+            tf.cast(high, tf.float32),
+            num_bits=bits,
         )
         return tf.cast(quantized, x.dtype)
     scale = (2.0**bits - 1.0) / tf.maximum(high - low, _MIN_SPAN)
@@ -152,6 +156,7 @@ def fake_quantize(
     _check_range(min_value, max_value)
     x = tf.convert_to_tensor(x)
     low, high = _resolve_range(x, min_value, max_value)
+
     def forward(inputs):
         quantized = snap_to_grid(inputs, bits, low, high, zero_exact=zero_exact)
         return tf.where(high > low, quantized, inputs)  # m == M: unchanged (METHOD §3)
@@ -192,7 +197,9 @@ def stochastic_quantize(
     low, high = _resolve_range(x, min_value, max_value)
 
     def forward(inputs):
-        quantized = snap_to_grid(inputs, bits, low, high, rounding="stochastic", generator=generator)
+        quantized = snap_to_grid(
+            inputs, bits, low, high, rounding="stochastic", generator=generator
+        )
         return tf.where(high > low, quantized, inputs)
 
     return _straight_through(forward, x)

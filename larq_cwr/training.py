@@ -10,8 +10,8 @@ import numpy as np
 import tensorflow as tf
 from tf_keras.src.engine import data_adapter  # Keras' own input handling, as in fit()
 
-from larq_cwr.head import CWRStarHead
 from larq_cwr._checks import check_bits
+from larq_cwr.head import CWRStarHead
 from larq_cwr.quantizers import snap_to_grid
 
 __all__ = ["HybridQuantizedTrainStep"]
@@ -133,7 +133,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             name="difference_range", shape=(2,), initializer="zeros", trainable=False
         )
         self._largest_batch = self.add_weight(
-            name="largest_batch", shape=(), initializer="zeros", dtype=tf.int32, trainable=False
+            name="largest_batch",
+            shape=(),
+            initializer="zeros",
+            dtype=tf.int32,
+            trainable=False,
         )
         self._calibrated = self.add_weight(
             name="calibrated",
@@ -410,7 +414,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     def _forward_quantize(self, tensor: tf.Tensor, low: Any, high: Any) -> tf.Tensor:
         if self.forward_bits is None:
             return tensor
-        return snap_to_grid(tensor, self.forward_bits, low, high, zero_exact=self.zero_exact)
+        return snap_to_grid(
+            tensor, self.forward_bits, low, high, zero_exact=self.zero_exact
+        )
 
     def _store(self, weights: tf.Tensor) -> tf.Tensor:
         if self.update_bits is None:

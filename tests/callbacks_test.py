@@ -36,7 +36,9 @@ def test_experiences_freeze_backbone_and_consolidate(digits):
     model = _model()
     head = model.get_layer("head")
     first = np.isin(y, [0, 1])
-    model.fit(x[first], y[first], epochs=2, verbose=0, callbacks=[CWRStar(head, labels=y[first])])
+    model.fit(
+        x[first], y[first], epochs=2, verbose=0, callbacks=[CWRStar(head, labels=y[first])]
+    )
     assert head.seen_classes == [0, 1]
     np.testing.assert_array_equal(head.kernel.numpy(), head.consolidated_kernel)
     conv_before = model.get_layer("conv").kernel.numpy().copy()
@@ -51,7 +53,9 @@ def test_experiences_freeze_backbone_and_consolidate(digits):
         np.testing.assert_array_equal(old, new.numpy())  # moving stats frozen too
     assert [w.name for w in model.trainable_weights] == ["head/kernel:0"]
     # Classes 0 and 1 were absent: their consolidated columns did not move.
-    np.testing.assert_array_equal(head.consolidated_kernel[:, :2], consolidated_before[:, :2])
+    np.testing.assert_array_equal(
+        head.consolidated_kernel[:, :2], consolidated_before[:, :2]
+    )
     assert np.abs(head.consolidated_kernel[:, 2:4]).sum() > 0
     np.testing.assert_array_equal(head.past_counts[:4], np.bincount(y[first | second])[:4])
     # evaluate uses the consolidated weights
@@ -70,13 +74,20 @@ def test_trainable_layers_keep_training(digits):
     x, y = digits
     model = _model()
     head = model.get_layer("head")
-    model.fit(x[:200], y[:200], epochs=1, verbose=0, callbacks=[CWRStar(head, labels=y[:200])])
+    model.fit(
+        x[:200], y[:200], epochs=1, verbose=0, callbacks=[CWRStar(head, labels=y[:200])]
+    )
     before = model.get_layer("conv").kernel.numpy().copy()
     callback = CWRStar(head, labels=y[200:400], trainable_layers=["conv"])
     model.fit(x[200:400], y[200:400], epochs=1, verbose=0, callbacks=[callback])
     assert not np.array_equal(model.get_layer("conv").kernel.numpy(), before)
     with pytest.raises(ValueError, match="not layers of the model"):
-        model.fit(x[:10], y[:10], verbose=0, callbacks=[CWRStar(head, labels=y[:10], trainable_layers=["nope"])])
+        model.fit(
+            x[:10],
+            y[:10],
+            verbose=0,
+            callbacks=[CWRStar(head, labels=y[:10], trainable_layers=["nope"])],
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Shared fixtures: seeded sklearn digits and a clean Keras session per test."""
 
-import larq_cwr  # noqa: F401  (sets up Keras 2 before TensorFlow loads)
+import larq_cwr  # noqa: F401  isort: skip  (Keras 2 before TensorFlow loads)
 import numpy as np
 import pytest
 import tensorflow as tf

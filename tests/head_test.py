@@ -37,7 +37,9 @@ def test_method_worked_example():
     head.consolidate()
     w = np.sqrt(30 / 10)
     expected_class_1 = (np.array([-3, 3]) * w + np.array([-4, 2])) / (w + 1)
-    np.testing.assert_allclose(expected_class_1, [-3.366, 2.634], atol=5e-4)  # METHOD's numbers
+    np.testing.assert_allclose(
+        expected_class_1, [-3.366, 2.634], atol=5e-4
+    )  # METHOD's numbers
     np.testing.assert_allclose(head.consolidated_kernel[:, 1], expected_class_1, rtol=1e-6)
     np.testing.assert_allclose(head.consolidated_kernel[:, 2], [4, -2])
     np.testing.assert_allclose(head.consolidated_kernel[:, 0], [-1, 1])  # untouched
@@ -63,7 +65,9 @@ def test_second_worked_example_three_features():
     head.consolidate()
     # avg = (1+1+1+3+3-3)/6 = 1; class 0: w = sqrt(4/1) = 2, new = (0,0,0)
     # cw0 = ((0,-2,2)*2 + 0) / 3 = (0, -4/3, 4/3); class 2 new: (2, 2, -4)
-    np.testing.assert_allclose(head.consolidated_kernel[:, 0], [0, -4 / 3, 4 / 3], rtol=1e-6)
+    np.testing.assert_allclose(
+        head.consolidated_kernel[:, 0], [0, -4 / 3, 4 / 3], rtol=1e-6
+    )
     np.testing.assert_allclose(head.consolidated_kernel[:, 2], [2, 2, -4])
 
     head.begin_experience({0: 5})
@@ -71,7 +75,9 @@ def test_second_worked_example_three_features():
     head.consolidate()
     # Only class 0 present: avg = 4, new = (-2,-2,4); w = sqrt(5/5) = 1
     # cw0 = ((0,-4/3,4/3) + (-2,-2,4)) / 2 = (-1, -5/3, 8/3)
-    np.testing.assert_allclose(head.consolidated_kernel[:, 0], [-1, -5 / 3, 8 / 3], rtol=1e-6)
+    np.testing.assert_allclose(
+        head.consolidated_kernel[:, 0], [-1, -5 / 3, 8 / 3], rtol=1e-6
+    )
     np.testing.assert_array_equal(head.past_counts, [10, 0, 3, 12])
 
 

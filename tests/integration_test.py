@@ -20,7 +20,9 @@ def digits_stream():
     scenario = nc_scenario(
         data.x_train, data.y_train, data.x_test, data.y_test, n_experiences=5, seed=0
     )
-    config = TrainingConfig(seed=0)  # METHOD §4 defaults: lr 0.0025, 5 + 10 epochs, batch 50
+    config = TrainingConfig(
+        seed=0
+    )  # METHOD §4 defaults: lr 0.0025, 5 + 10 epochs, batch 50
     first_weights, _ = train_first_experience(scenario, config)
     return extract_features(scenario, first_weights, config), config, first_weights
 
@@ -55,4 +57,7 @@ def test_first_experience_is_learned_and_forgetting_ordered(results):
     for result in results.values():
         assert result.accuracy.accuracy_seen(0) >= 0.9
     # Naive fine-tuning forgets more than CWR* (measured 0.84 vs 0.00 with seed 0).
-    assert results["naive"].accuracy.forgetting() > results["cwr_float"].accuracy.forgetting() + 0.3
+    assert (
+        results["naive"].accuracy.forgetting()
+        > results["cwr_float"].accuracy.forgetting() + 0.3
+    )

@@ -133,8 +133,7 @@ def test_backbone_built_outside_strategy_scope_raises(digits16, small_backbone):
 
 
 # Logical devices must be set before TensorFlow initializes its runtime: a fresh process.
-_DISTRIBUTED_SCRIPT = textwrap.dedent(
-    """
+_DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import json
 
     import larq_cwr
@@ -156,8 +155,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
     )
     metrics["strategy_replicas"] = strategy.num_replicas_in_sync
     print(json.dumps(metrics))
-    """
-)
+    """)
 
 
 def test_distributed_pretraining_with_mirrored_strategy():
