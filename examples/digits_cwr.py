@@ -52,6 +52,8 @@ def run(forward_bits, update_bits, data):
             verbose=0,
             callbacks=[CWRStar(model.get_layer("cwr_head"), labels=y)],
         )
+        if index == 0:  # static ranges of the hybrid update from experience-0 data
+            model.calibrate(x, y, batch_size=50)
         _, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
         accuracies.append(accuracy)
         print(

@@ -1,15 +1,17 @@
-"""Argument checks shared by several modules."""
+"""Argument checks shared by several modules: one function per rule, one message style
+("`name` ...; expected X, got Y")."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 MIN_BITS = 2
-MAX_BITS = 16  # tf.quantization.fake_quant_* accepts 2..16 bits; so do we (METHOD §3)
+MAX_BITS = 16  # 2^16 levels still fit float32's 24-bit mantissa exactly (METHOD §3)
 
 
 def check_bits(bits: Any, name: str = "bits") -> int:
-    """Return ``bits`` if it is an int in [2, 16], else raise a ValueError naming ``name``."""
+    """``bits`` if it is an int in [2, 16]; else a ValueError naming ``name``."""
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise ValueError(
             f"`{name}` must be an int in [{MIN_BITS}, {MAX_BITS}]; got {bits!r}."
@@ -17,3 +19,15 @@ def check_bits(bits: Any, name: str = "bits") -> int:
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"`{name}` must be in [{MIN_BITS}, {MAX_BITS}]; got {bits}.")
     return bits
+
+
+def check_optional_bits(bits: Any, name: str) -> int | None:
+    """``None`` (float) or a valid bit width (see ``check_bits``)."""
+    return None if bits is None else check_bits(bits, name)
+
+
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
+    """``value`` if it is one of ``choices``; else a ValueError naming ``name``."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}; got {value!r}.")
+    return value

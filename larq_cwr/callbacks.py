@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,7 +48,8 @@ def count_classes(labels: npt.ArrayLike, num_classes: int) -> np.ndarray:
     bad = values[(values < 0) | (values >= num_classes)]
     if bad.size:
         raise ValueError(
-            f"`labels` has class {int(bad[0])}; expected 0 <= class < num_classes={num_classes}."
+            f"`labels` has class {int(bad[0])}; expected 0 <= class < "
+            f"num_classes={num_classes}."
         )
     return np.bincount(values, minlength=num_classes).astype(np.int64)
 
@@ -56,11 +58,12 @@ class CWRStar(tf.keras.callbacks.Callback):
     """Turn one ``model.fit`` call into one CWR* experience (METHOD §2).
 
     ``on_train_begin`` resets the head for the experience (``begin_experience``) and,
-    from the second experience on, freezes every layer but the head (and the layers
-    named in ``trainable_layers``), rebuilding the train function so no recompiling is
-    needed. ``on_train_end`` consolidates and loads the consolidated weights, so
-    ``evaluate``/``predict`` use them. The first experience (the head has no
-    consolidated class yet) trains the whole model as compiled.
+    after the first experience (``CWRStarHead.is_first_experience``), freezes every
+    layer but the head (and the layers named in ``trainable_layers``), rebuilding the
+    train function so no recompiling is needed. ``on_train_end`` consolidates and loads
+    the consolidated weights, so ``evaluate``/``predict`` use them. The first experience
+    trains the whole model as compiled. One instance per experience: each ``fit`` call
+    with it is one experience.
 
     Frozen layers keep ``trainable=False`` after ``fit``; BatchNormalization layers
     then run in inference mode, as a frozen backbone should.
@@ -75,7 +78,9 @@ class CWRStar(tf.keras.callbacks.Callback):
         freeze_after_first: Freeze the non-head layers from the second experience on.
 
     Raises:
-        ValueError: Both or neither of ``class_counts`` and ``labels``, or invalid counts.
+        ValueError: Both or neither of ``class_counts`` and ``labels``, or invalid counts;
+            at ``fit``, before any state changes: ``trainable_layers`` naming no layer of
+            the model, or given for the hybrid phase of ``HybridQuantizedTrainStep``.
 
     Example:
         `model.fit(x, y, epochs=5, callbacks=[CWRStar(head, labels=y)])`
@@ -129,12 +134,15 @@ class CWRStar(tf.keras.callbacks.Callback):
     # -- hooks -----------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        first = self.head.is_first_experience
+        self._check_trainable_layers()  # before the state changes
         if self.head.in_experience:
-            logger.warning(
-                "CWRStar: the previous experience was not consolidated; its training is "
-                "discarded and a new experience begins."
+            warnings.warn(
+                "CWRStar: the previous experience was not consolidated (did its `fit` "
+                "stop with an error?); its training is discarded and a new experience "
+                "begins.",
+                stacklevel=2,
             )
-        first = not self.head.seen_classes
         self.head.begin_experience(self.class_counts)
         if not first and self.freeze_after_first:
             self._freeze_all_but_head()
@@ -150,14 +158,26 @@ class CWRStar(tf.keras.callbacks.Callback):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _freeze_all_but_head(self) -> None:
-        keep = set(self.trainable_layers)
+    def _check_trainable_layers(self) -> None:
         names = {layer.name for layer in _all_layers(self.model)}
-        missing = keep - names
+        missing = sorted(set(self.trainable_layers) - names)
         if missing:
             raise ValueError(
-                f"`trainable_layers` names {sorted(missing)}, not layers of the model."
+                f"`trainable_layers` names {missing}, not layers of the model; its layers "
+                f"are {sorted(names)}."
             )
+        if getattr(self.model, "phase", None) != "hybrid":
+            return
+        if self.trainable_layers or not self.freeze_after_first:
+            raise ValueError(
+                "The hybrid phase of HybridQuantizedTrainStep updates only the CWR* head: "
+                f"`trainable_layers`={list(self.trainable_layers)} and "
+                f"`freeze_after_first`={self.freeze_after_first} would train nothing "
+                "else. Train other layers with a plain `tf.keras.Model` (float CWR*)."
+            )
+
+    def _freeze_all_but_head(self) -> None:
+        keep = set(self.trainable_layers)
         for layer in self.model.layers:
             _set_trainable(layer, lambda sub: sub is self.head or sub.name in keep)
         # fit() built its train function before on_train_begin: rebuild it so the new

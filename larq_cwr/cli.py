@@ -157,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     main = (
         Variant.cwr()
         if args.float
-        else Variant.cwr(args.forward_bits, args.update_bits, args.rounding)
+        else Variant.cwr(args.forward_bits, args.update_bits, rounding=args.rounding)
     )
     variants = [main]
     if not args.no_baselines:

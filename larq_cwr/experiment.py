@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from larq_cwr._checks import check_bits
+from larq_cwr._checks import check_choice, check_optional_bits
 from larq_cwr.backbones import build_backbone
 from larq_cwr.callbacks import CWRStar
 from larq_cwr.head import CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
+from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES
 from larq_cwr.scenarios import Experience, Scenario
-from larq_cwr.training import ROUNDING_MODES, HybridQuantizedTrainStep
+from larq_cwr.training import HybridQuantizedTrainStep
 
 __all__ = [
     "ExperimentConfig",
@@ -65,7 +66,7 @@ class Variant:
         forward_bits: Forward bits of the hybrid head update, None for float.
         update_bits: Stored-weight bits of the hybrid head update, None for float.
         rounding: ``"nearest"`` or ``"stochastic"`` rounding of the stored update.
-        zero_exact: Quantize with TensorFlow's zero-exact op (see ``fake_quantize``).
+        grid: Quantization grid, ``"zero_exact"`` (METHOD §3 default) or ``"paper"``.
     """
 
     name: str
@@ -73,36 +74,35 @@ class Variant:
     forward_bits: int | None = None
     update_bits: int | None = None
     rounding: str = "nearest"
-    zero_exact: bool = False
+    grid: str = DEFAULT_GRID
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGY_NAMES:
-            raise ValueError(
-                f"`strategy` must be one of {STRATEGY_NAMES}; got {self.strategy!r}."
-            )
-        for name in ("forward_bits", "update_bits"):
-            if getattr(self, name) is not None:
-                check_bits(getattr(self, name), name)
-        if self.rounding not in ROUNDING_MODES:
-            raise ValueError(
-                f"`rounding` must be one of {ROUNDING_MODES}; got {self.rounding!r}."
-            )
+        check_choice(self.strategy, STRATEGY_NAMES, "strategy")
+        check_optional_bits(self.forward_bits, "forward_bits")
+        check_optional_bits(self.update_bits, "update_bits")
+        check_choice(self.rounding, ROUNDING_MODES, "rounding")
+        check_choice(self.grid, GRIDS, "grid")
 
     @classmethod
     def cwr(
         cls,
         forward_bits: int | None = None,
         update_bits: int | None = None,
+        *,
         rounding: str = "nearest",
+        grid: str = DEFAULT_GRID,
     ) -> "Variant":
-        """A CWR* variant named after its precision, e.g. ``cwr_8_16`` or ``cwr_float``."""
+        """A CWR* variant named after its precision, e.g. ``cwr_8_16`` or ``cwr_float``;
+        a non-default rounding or grid is appended (``cwr_8_8_stochastic_paper``)."""
         if forward_bits is None and update_bits is None:
             name = "cwr_float"
         else:
             name = f"cwr_{forward_bits or 'f'}_{update_bits or 'f'}"
             if rounding != "nearest":
                 name += f"_{rounding}"
-        return cls(name, "cwr", forward_bits, update_bits, rounding)
+            if grid != DEFAULT_GRID:
+                name += f"_{grid}"
+        return cls(name, "cwr", forward_bits, update_bits, rounding, grid)
 
 
 NAIVE = Variant("naive", "naive")
@@ -153,7 +153,7 @@ class VariantResult:
     model: HybridQuantizedTrainStep
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready metrics: per experience seen/all accuracy, average, final, forgetting."""
+        """JSON-ready metrics: accuracy per experience, average, final, forgetting."""
         n = self.accuracy.n_experiences
         return {
             "variant": dataclasses.asdict(self.variant),
@@ -190,9 +190,8 @@ def build_model(
         forward_bits=variant.forward_bits,
         update_bits=variant.update_bits,
         rounding=variant.rounding,
-        zero_exact=variant.zero_exact,
+        grid=variant.grid,
         seed=config.seed,
-        auto_calibrate=False,
         name=f"{config.backbone}_{variant.name}",
     )
 
@@ -338,8 +337,8 @@ def run_stream(
     first = features.experience(0)
     # Static ranges from experience 0: the gradient range tracked while training it
     # (in `first_weights`) widened by a pass over its features.
-    head.calibrate(first.x_train, first.y_train, batch_size=config.batch_size)
     _compile(head, tf.keras.optimizers.SGD(config.learning_rate))
+    head.calibrate(first.x_train, first.y_train, batch_size=config.batch_size)
     accuracy = _new_accuracy(scenario)
     accuracy.update(
         0, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0)

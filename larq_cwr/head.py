@@ -1,4 +1,10 @@
-"""The CWR* classification head (METHOD §2)."""
+"""The CWR* classification head (METHOD §2).
+
+The CWR* life cycle is written once, as TensorFlow ops over the state tensors:
+``reset_kernel`` (step 1) and ``consolidate_kernel`` (step 3). ``CWRStarHead`` runs them
+on its variables, and the exported device head (``larq_cwr.export``) traces the same
+functions into TFLite signatures.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,65 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-__all__ = ["CWRStarHead", "class_counts_array"]
+__all__ = ["CWRStarHead", "class_counts_array", "consolidate_kernel", "reset_kernel"]
+
+
+def reset_kernel(
+    consolidated: tf.Tensor, past_counts: tf.Tensor, class_counts: tf.Tensor
+) -> tf.Tensor:
+    """The live kernel at the start of an experience (METHOD §2 step 1).
+
+    Every column is 0, except those of classes present in the experience and seen
+    before, which get their consolidated weights back.
+
+    Args:
+        consolidated: Consolidated kernel, shape ``(features, num_classes)``.
+        past_counts: Patterns per class of all consolidated experiences ``(num_classes,)``.
+        class_counts: Patterns per class of the new experience ``(num_classes,)``.
+
+    Returns:
+        The reset kernel, shaped and typed like ``consolidated``.
+    """
+    restore = tf.logical_and(class_counts > 0, past_counts > 0)
+    return tf.where(restore[tf.newaxis, :], consolidated, tf.zeros_like(consolidated))
+
+
+def consolidate_kernel(
+    kernel: tf.Tensor,
+    consolidated: tf.Tensor,
+    past_counts: tf.Tensor,
+    class_counts: tf.Tensor,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Merge a trained kernel into the consolidated one (METHOD §2 step 3).
+
+    With ``avg`` the mean of all entries of the present classes' columns of ``kernel``
+    and ``w = sqrt(past / cur)`` per present class, the new consolidated column is
+    ``(cw * w + (tw - avg)) / (w + 1)``: for a new class ``w = 0``, which gives
+    ``tw - avg``. Absent classes keep their column.
+
+    Args:
+        kernel: Trained live kernel ``tw``, shape ``(features, num_classes)``.
+        consolidated: Consolidated kernel ``cw``, same shape.
+        past_counts: Patterns per class of the earlier experiences ``(num_classes,)``.
+        class_counts: Patterns per class of this experience ``(num_classes,)``, at least
+            one positive.
+
+    Returns:
+        ``(new consolidated kernel, past_counts + class_counts)``.
+    """
+    dtype = kernel.dtype
+    current = tf.cast(class_counts, dtype)
+    past = tf.cast(past_counts, dtype)
+    present = current > 0
+    mask = tf.cast(present, dtype)[tf.newaxis, :]
+    entries = tf.cast(tf.shape(kernel)[0], dtype) * tf.reduce_sum(mask)
+    average = tf.reduce_sum(kernel * mask) / entries
+    weight = tf.sqrt(past / tf.maximum(current, 1.0))[tf.newaxis, :]
+    merged = (consolidated * weight + (kernel - average)) / (weight + 1.0)
+    return (
+        tf.where(present[tf.newaxis, :], merged, consolidated),
+        past_counts + tf.cast(class_counts, past_counts.dtype),
+    )
 
 
 def class_counts_array(class_counts: Any, num_classes: int) -> np.ndarray:
@@ -79,7 +143,11 @@ class CWRStarHead(tf.keras.layers.Layer):
 
     - ``consolidated_kernel``: consolidated weights per class (zero for unseen classes);
     - ``past_counts``: training patterns per class in all consolidated experiences;
-    - ``current_counts``: class counts of the experience begun and not yet consolidated.
+    - ``current_counts``: class counts of the experience begun and not yet consolidated;
+    - ``consolidated_experiences``: how many experiences were consolidated. Until the
+      first one is, the model is in its first experience (``is_first_experience``): the
+      one place where larq_cwr decides it (``CWRStar`` freezes the backbone after it,
+      ``HybridQuantizedTrainStep`` switches to the hybrid update after it).
 
     A continual-learning experience is ``begin_experience(counts)``, training, then
     ``consolidate()`` and ``load_consolidated()`` (the ``CWRStar`` callback does all
@@ -105,7 +173,7 @@ class CWRStarHead(tf.keras.layers.Layer):
         >>> head = CWRStarHead(3)
         >>> head.build((None, 2))
         >>> head.begin_experience({0: 10, 1: 30})
-        >>> head.kernel.assign([[1.0, -1.0, 0.0], [3.0, 5.0, 0.0]])
+        >>> _ = head.kernel.assign([[1.0, -1.0, 0.0], [3.0, 5.0, 0.0]])
         >>> head.consolidate()
         >>> head.consolidated_kernel[:, :2].tolist()
         [[-1.0, -3.0], [1.0, 3.0]]
@@ -164,6 +232,13 @@ class CWRStarHead(tf.keras.layers.Layer):
             dtype=tf.int64,
             trainable=False,
         )
+        self._experience_count = self.add_weight(
+            name="consolidated_experiences",
+            shape=(),
+            initializer="zeros",
+            dtype=tf.int64,
+            trainable=False,
+        )
         self.input_spec = tf.keras.layers.InputSpec(ndim=2, axes={-1: int(features)})
         super().build(input_shape)
 
@@ -178,7 +253,8 @@ class CWRStarHead(tf.keras.layers.Layer):
     def _require_built(self, method: str) -> None:
         if not self.built:
             raise RuntimeError(
-                f"Build the layer (call it on data or add it to a model) before `{method}()`."
+                f"Build the layer (call it on data or add it to a model) before "
+                f"`{method}()`."
             )
 
     @property
@@ -205,6 +281,18 @@ class CWRStarHead(tf.keras.layers.Layer):
         return [int(c) for c in np.flatnonzero(self.past_counts > 0)]
 
     @property
+    def consolidated_experiences(self) -> int:
+        """Number of experiences consolidated so far."""
+        self._require_built("consolidated_experiences")
+        return int(self._experience_count.numpy())
+
+    @property
+    def is_first_experience(self) -> bool:
+        """True until the first experience is consolidated (METHOD §2: experience 0
+        trains the whole network; later ones train the head)."""
+        return self.consolidated_experiences == 0
+
+    @property
     def in_experience(self) -> bool:
         """True between ``begin_experience`` and ``consolidate``."""
         return bool(self.current_counts.sum() > 0)
@@ -226,9 +314,7 @@ class CWRStarHead(tf.keras.layers.Layer):
         """
         self._require_built("begin_experience")
         counts = class_counts_array(class_counts, self.num_classes)
-        restore = (counts > 0) & (self.past_counts > 0)
-        kernel = np.where(restore[None, :], self.consolidated_kernel, 0.0)
-        self.kernel.assign(kernel.astype(self.kernel.dtype.as_numpy_dtype))
+        self.kernel.assign(reset_kernel(self._consolidated, self._past_counts, counts))
         self._current_counts.assign(counts)
 
     def consolidate(self) -> None:
@@ -243,28 +329,18 @@ class CWRStarHead(tf.keras.layers.Layer):
             RuntimeError: No experience in progress: call ``begin_experience()`` first.
         """
         self._require_built("consolidate")
-        current = self.current_counts
-        if current.sum() == 0:
+        if not self.in_experience:
             raise RuntimeError(
-                "No experience in progress: call `begin_experience()` before `consolidate()`."
+                "No experience in progress: call `begin_experience()` before "
+                "`consolidate()`."
             )
-        past = self.past_counts
-        present = current > 0
-        kernel = self.kernel.numpy().astype(np.float64)
-        consolidated = self.consolidated_kernel.astype(np.float64)
-        shifted = kernel - kernel[:, present].mean()
-        seen = present & (past > 0)
-        weight = np.sqrt(past[seen] / current[seen])
-        consolidated[:, seen] = (consolidated[:, seen] * weight + shifted[:, seen]) / (
-            weight + 1.0
+        consolidated, past = consolidate_kernel(
+            self.kernel, self._consolidated, self._past_counts, self._current_counts
         )
-        new = present & (past == 0)
-        consolidated[:, new] = shifted[:, new]
-        self._consolidated.assign(
-            consolidated.astype(self._consolidated.dtype.as_numpy_dtype)
-        )
-        self._past_counts.assign(past + current)
-        self._current_counts.assign(np.zeros_like(current))
+        self._consolidated.assign(consolidated)
+        self._past_counts.assign(past)
+        self._current_counts.assign(tf.zeros_like(self._current_counts))
+        self._experience_count.assign_add(1)
 
     def load_consolidated(self) -> None:
         """Write the consolidated weights into the live kernel (METHOD §2 step 4)."""

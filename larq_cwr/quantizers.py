@@ -1,20 +1,22 @@
 """Per-tensor affine fake quantization (METHOD §3).
 
-``q(x) = round((clip(x, m, M) - m) * s) / s + m`` with ``s = (2^bits - 1) / (M - m)``,
-rounding half to even, identity (straight-through) gradient. The range ``[m, M]`` is the
-tensor's own min/max unless a static range is given; when ``m == M`` the input is
-returned unchanged.
+A ``bits``-bit quantizer snaps a tensor onto ``2^bits`` evenly spaced levels covering a
+range ``[m, M]`` (the tensor's own min/max unless a static range is given), rounding half
+to even, with an identity (straight-through) gradient. Two grids are offered:
 
-Two implementations are offered:
+- ``grid="zero_exact"`` (default): the TFLite/gemmlowp int8 convention. The range is
+  first widened to contain 0, then nudged so that 0 is a grid point, exactly as
+  ``tf.quantization.fake_quant_with_min_max_vars`` nudges it: with
+  ``step = (M - m) / (2^bits - 1)`` and the integer zero point
+  ``z = floor(-m / step + 0.5)``, the levels are ``k * step`` for integers
+  ``-z <= k <= 2^bits - 1 - z``. A zero gradient or a zero weight stays exactly zero.
+- ``grid="paper"``: the reference code's grid, ``q(x) = round((clip(x, m, M) - m) * s) / s
+  + m`` with ``s = (2^bits - 1) / (M - m)``. It has no exact zero: every near-zero entry
+  moves by up to half a step. Kept for reproducing the seed paper.
 
-- ``zero_exact=False`` (default): the formula above, written with TensorFlow ops. Its
-  grid starts at ``m`` and in general does not contain 0.
-- ``zero_exact=True``: ``tf.quantization.fake_quant_with_min_max_vars``, which first
-  nudges ``[m, M]`` so that 0 is a grid point (TFLite's convention; converts to a
-  builtin TFLite op). Its gradient is replaced by the identity, like the default's.
-
-``benchmarks/quantizer_choice.py`` measures both in the hybrid CWR* update;
-``docs/quantization.md`` reports the result.
+Both are written with plain arithmetic ops (no ``FakeQuant*`` op), so they trace into
+TFLite builtins and a converter never mistakes them for quantization-aware-training
+annotations. ``docs/quantization.md`` reports what the grids measure.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Any, Callable
 import larq as lq
 import tensorflow as tf
 
-from larq_cwr._checks import check_bits
+from larq_cwr._checks import check_bits, check_choice
 
 __all__ = [
+    "DEFAULT_GRID",
     "FakeQuantizer",
+    "GRIDS",
     "deserialize",
     "fake_quantize",
     "get",
@@ -35,6 +39,10 @@ __all__ = [
     "snap_to_grid",
     "stochastic_quantize",
 ]
+
+GRIDS = ("zero_exact", "paper")
+DEFAULT_GRID = "zero_exact"  # METHOD §3 default
+ROUNDING_MODES = ("nearest", "stochastic")
 
 
 def _check_range(min_value: Any, max_value: Any) -> None:
@@ -70,45 +78,51 @@ def snap_to_grid(
     low: tf.Tensor | float,
     high: tf.Tensor | float,
     *,
-    rounding: str = "nearest",
-    generator: tf.random.Generator | None = None,
-    zero_exact: bool = False,
+    grid: str = DEFAULT_GRID,
+    noise: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Forward-only quantization onto the ``2^bits`` levels of ``[low, high]``.
+    """Forward-only quantization of ``x`` onto the ``grid`` of ``[low, high]``.
 
     The lean core of ``fake_quantize`` for hand-written update steps that need no
-    gradient (``HybridQuantizedTrainStep``): no gradient wrapper and no argument
-    checks. Where ``low == high`` every value maps to ``low`` (``fake_quantize``
-    instead returns its input unchanged, METHOD §3).
+    gradient (the hybrid CWR* update, the exported device head): no gradient wrapper
+    and no argument checks. Where the range is empty every value maps to the one level
+    (``fake_quantize`` instead returns its input unchanged, METHOD §3).
 
     Args:
         x: Float tensor.
         bits: Int in [2, 16] (not checked here).
         low: Lower end of the range.
         high: Upper end of the range.
-        rounding: ``"nearest"`` (half to even) or ``"stochastic"`` (needs ``generator``).
-        generator: Seeded ``tf.random.Generator`` for stochastic rounding.
-        zero_exact: Use ``tf.quantization.fake_quant_with_min_max_vars`` (nearest only).
+        grid: ``"zero_exact"`` or ``"paper"`` (see the module docstring).
+        noise: None for rounding half to even; else a tensor like ``x`` of uniform
+            ``[0, 1)`` draws for unbiased stochastic rounding (``floor(v + noise)``:
+            a value rounds up with probability equal to its fraction of a step).
 
     Returns:
         A tensor like ``x`` on the grid.
     """
-    if zero_exact:
-        quantized = tf.quantization.fake_quant_with_min_max_vars(
-            tf.cast(x, tf.float32),
-            tf.cast(low, tf.float32),
-            tf.cast(high, tf.float32),
-            num_bits=bits,
-        )
-        return tf.cast(quantized, x.dtype)
-    scale = (2.0**bits - 1.0) / tf.maximum(high - low, _MIN_SPAN)
-    scaled = (tf.clip_by_value(x, low, high) - low) * scale
-    if rounding == "stochastic":
-        # Round up with probability equal to the fractional part: E[q(x)] = clip(x).
-        levels = tf.floor(scaled + generator.uniform(tf.shape(scaled), dtype=scaled.dtype))
-    else:
-        levels = tf.round(scaled)  # tf.round rounds half to even, as METHOD §3 asks
-    return levels / scale + low
+    levels = 2.0**bits - 1.0
+    low = tf.cast(low, x.dtype)
+    high = tf.cast(high, x.dtype)
+    if grid == "paper":
+        scale = levels / tf.maximum(high - low, _MIN_SPAN)
+        return _round(((tf.clip_by_value(x, low, high) - low) * scale), noise) / scale + low
+    # Zero-exact: widen to contain 0, then an integer zero point as TensorFlow's
+    # fake_quant_with_min_max_vars computes it (round half away from zero; z >= 0 here).
+    low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
+    step = tf.maximum(high - low, _MIN_SPAN) / levels
+    zero_point = tf.clip_by_value(tf.floor(-low / step + 0.5), 0.0, levels)
+    # Levels counted from zero, so 0 maps to level 0 and back to exactly 0.0.
+    return (
+        tf.clip_by_value(_round(x / step, noise), -zero_point, levels - zero_point) * step
+    )
+
+
+def _round(values: tf.Tensor, noise: tf.Tensor | None) -> tf.Tensor:
+    if noise is None:
+        return tf.round(values)  # half to even, as METHOD §3 asks
+    # E[floor(v + u)] = v for u ~ U[0, 1): unbiased; a value on the grid stays put.
+    return tf.floor(values + tf.cast(noise, values.dtype))
 
 
 def _straight_through(forward: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
@@ -122,46 +136,62 @@ def _straight_through(forward: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -
     return _quantize(x)
 
 
+def _quantize(
+    x: Any,
+    bits: int,
+    min_value: Any,
+    max_value: Any,
+    grid: str,
+    noise: Callable[[tf.Tensor], tf.Tensor] | None = None,
+) -> tf.Tensor:
+    """Checks, then the straight-through quantizer; the input is unchanged if m == M."""
+    bits = check_bits(bits)
+    _check_range(min_value, max_value)
+    check_choice(grid, GRIDS, "grid")
+    x = tf.convert_to_tensor(x)
+    low, high = _resolve_range(x, min_value, max_value)
+
+    def forward(inputs):
+        draws = None if noise is None else noise(inputs)
+        quantized = snap_to_grid(inputs, bits, low, high, grid=grid, noise=draws)
+        return tf.where(high > low, quantized, inputs)  # m == M: unchanged (METHOD §3)
+
+    return _straight_through(forward, x)
+
+
 def fake_quantize(
     x: tf.Tensor,
     bits: int,
     *,
     min_value: float | tf.Tensor | None = None,
     max_value: float | tf.Tensor | None = None,
-    zero_exact: bool = False,
+    grid: str = DEFAULT_GRID,
 ) -> tf.Tensor:
     """Fake-quantize ``x`` to ``bits`` bits on ``[min_value, max_value]`` (METHOD §3).
 
     Args:
         x: Float tensor.
-        bits: Int in [2, 16]; the grid has ``2^bits - 1`` steps.
+        bits: Int in [2, 16]; the grid has ``2^bits`` levels.
         min_value: Lower end of a static range, or None for ``min(x)``.
         max_value: Upper end of a static range, or None for ``max(x)``.
-        zero_exact: Use ``tf.quantization.fake_quant_with_min_max_vars``, which nudges
-            the range so that 0 is a grid point.
+        grid: ``"zero_exact"`` (default: 0 is a level) or ``"paper"``.
 
     Returns:
         A tensor like ``x`` whose values lie on the grid; its gradient is the identity.
 
     Raises:
-        ValueError: ``bits`` outside [2, 16], only one range end given, or
-            ``min_value > max_value``.
+        ValueError: ``bits`` outside [2, 16], only one range end given,
+            ``min_value > max_value``, or an unknown ``grid``.
 
     Example:
         >>> import larq_cwr, tensorflow as tf
-        >>> fake_quantize(tf.constant([0.0, 0.4, 1.0]), 2).numpy().round(4).tolist()
-        [0.0, 0.3333, 1.0]
+        >>> x = tf.constant([-0.3, 0.0, 0.2, 1.0])
+        >>> [round(v, 4) for v in fake_quantize(x, 2).numpy().tolist()]  # step 1.3 / 3
+        [-0.4333, 0.0, 0.0, 0.8667]
+        >>> [round(v, 4) for v in fake_quantize(x, 2, grid="paper").numpy().tolist()]
+        [-0.3, 0.1333, 0.1333, 1.0]
     """
-    bits = check_bits(bits)
-    _check_range(min_value, max_value)
-    x = tf.convert_to_tensor(x)
-    low, high = _resolve_range(x, min_value, max_value)
-
-    def forward(inputs):
-        quantized = snap_to_grid(inputs, bits, low, high, zero_exact=zero_exact)
-        return tf.where(high > low, quantized, inputs)  # m == M: unchanged (METHOD §3)
-
-    return _straight_through(forward, x)
+    return _quantize(x, bits, min_value, max_value, grid)
 
 
 def stochastic_quantize(
@@ -171,12 +201,13 @@ def stochastic_quantize(
     generator: tf.random.Generator,
     min_value: float | tf.Tensor | None = None,
     max_value: float | tf.Tensor | None = None,
+    grid: str = DEFAULT_GRID,
 ) -> tf.Tensor:
-    """Quantize ``x`` with unbiased stochastic rounding on the METHOD §3 grid.
+    """Quantize ``x`` with unbiased stochastic rounding (METHOD §4).
 
-    Each value rounds up with probability equal to its distance from the grid point
-    below, in steps, so ``E[q(x)] = clip(x)``: small updates survive low-bit storage
-    on average instead of rounding away (METHOD §4).
+    Each value rounds up with probability equal to its distance from the level below,
+    in steps, so ``E[q(x)] = clip(x)``: small updates survive low-bit storage on average
+    instead of rounding away.
 
     Args:
         x: Float tensor.
@@ -184,25 +215,19 @@ def stochastic_quantize(
         generator: Seeded ``tf.random.Generator`` drawing the rounding noise.
         min_value: Lower end of a static range, or None for ``min(x)``.
         max_value: Upper end of a static range, or None for ``max(x)``.
+        grid: ``"zero_exact"`` (default) or ``"paper"``.
 
     Returns:
         A tensor like ``x`` on the grid; its gradient is the identity.
 
     Raises:
-        ValueError: ``bits`` outside [2, 16] or an inconsistent range.
+        ValueError: ``bits`` outside [2, 16], an inconsistent range or unknown grid.
     """
-    bits = check_bits(bits)
-    _check_range(min_value, max_value)
-    x = tf.convert_to_tensor(x)
-    low, high = _resolve_range(x, min_value, max_value)
 
-    def forward(inputs):
-        quantized = snap_to_grid(
-            inputs, bits, low, high, rounding="stochastic", generator=generator
-        )
-        return tf.where(high > low, quantized, inputs)
+    def noise(inputs: tf.Tensor) -> tf.Tensor:
+        return generator.uniform(tf.shape(inputs), dtype=inputs.dtype)
 
-    return _straight_through(forward, x)
+    return _quantize(x, bits, min_value, max_value, grid, noise)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")
@@ -217,10 +242,10 @@ class FakeQuantizer(lq.quantizers.Quantizer):
         bits: Int in [2, 16].
         min_value: Static lower range end, or None for the tensor's own min.
         max_value: Static upper range end, or None for the tensor's own max.
-        zero_exact: Use TensorFlow's zero-exact ``fake_quant_with_min_max_vars``.
+        grid: ``"zero_exact"`` (default: 0 is a level) or ``"paper"`` (METHOD §3).
 
     Raises:
-        ValueError: ``bits`` outside [2, 16] or an inconsistent range.
+        ValueError: ``bits`` outside [2, 16], an inconsistent range or unknown grid.
 
     Example:
         >>> import larq_cwr, larq as lq
@@ -233,14 +258,14 @@ class FakeQuantizer(lq.quantizers.Quantizer):
         *,
         min_value: float | None = None,
         max_value: float | None = None,
-        zero_exact: bool = False,
+        grid: str = DEFAULT_GRID,
         **kwargs: Any,
     ) -> None:
         self.bits = check_bits(bits)
         _check_range(min_value, max_value)
+        self.grid = check_choice(grid, GRIDS, "grid")
         self.min_value = None if min_value is None else float(min_value)
         self.max_value = None if max_value is None else float(max_value)
-        self.zero_exact = bool(zero_exact)
         self.precision = self.bits
         super().__init__(**kwargs)
 
@@ -250,7 +275,7 @@ class FakeQuantizer(lq.quantizers.Quantizer):
             self.bits,
             min_value=self.min_value,
             max_value=self.max_value,
-            zero_exact=self.zero_exact,
+            grid=self.grid,
         )
 
     def get_config(self) -> dict[str, Any]:
@@ -259,7 +284,7 @@ class FakeQuantizer(lq.quantizers.Quantizer):
             "bits": self.bits,
             "min_value": self.min_value,
             "max_value": self.max_value,
-            "zero_exact": self.zero_exact,
+            "grid": self.grid,
         }
 
 

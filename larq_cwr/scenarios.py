@@ -329,8 +329,13 @@ def nc_scenario(
             counts that do not split into `n_experiences` groups as asked.
 
     Example:
-        >>> scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=1)
-        >>> [experience.classes for experience in scenario]  # doctest: +SKIP
+        >>> import numpy as np
+        >>> x, y = np.zeros((40, 2)), np.arange(40) % 10
+        >>> scenario = nc_scenario(x, y, x, y, n_experiences=5, seed=1)
+        >>> np.random.default_rng(1).permutation(10).tolist()  # the class order
+        [8, 4, 7, 0, 1, 2, 5, 9, 6, 3]
+        >>> [experience.classes for experience in scenario]  # each group sorted
+        [(4, 8), (0, 7), (1, 2), (5, 9), (3, 6)]
     """
     x_train, y_train, x_test, y_test, num_classes = _prepare_arrays(
         x_train, y_train, x_test, y_test, num_classes

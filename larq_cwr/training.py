@@ -1,35 +1,150 @@
-"""Hybrid-precision training step for the CWR* head (METHOD §4)."""
+"""Hybrid-precision training of the CWR* head (METHOD §4).
+
+``hybrid_sgd_step`` is the update, written once as TensorFlow ops: the Keras model
+``HybridQuantizedTrainStep`` runs it in its ``train_step`` and the exported device head
+(``larq_cwr.export``) traces it into its ``train`` signature.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from tf_keras.src.engine import data_adapter  # Keras' own input handling, as in fit()
 
-from larq_cwr._checks import check_bits
+from larq_cwr._checks import check_choice, check_optional_bits
 from larq_cwr.head import CWRStarHead
-from larq_cwr.quantizers import snap_to_grid
+from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES, snap_to_grid
 
-__all__ = ["HybridQuantizedTrainStep"]
+__all__ = [
+    "DEFAULT_FORWARD_BITS",
+    "DEFAULT_UPDATE_BITS",
+    "HybridQuantizedTrainStep",
+    "HybridStepResult",
+    "hybrid_sgd_step",
+    "logit_difference",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FORWARD_BITS = 8  # METHOD §4 reference default b_f
 DEFAULT_UPDATE_BITS = 16  # METHOD §4 reference default b_w
 WEIGHT_RANGE_MARGIN = 0.02  # METHOD §4: forward weight range widened by 2% of its span
-ROUNDING_MODES = ("nearest", "stochastic")
-_OWN_ARGUMENTS = (
-    "forward_bits",
-    "update_bits",
-    "rounding",
-    "seed",
-    "zero_exact",
-    "auto_calibrate",
+_OWN_ARGUMENTS = ("forward_bits", "update_bits", "grid", "rounding", "seed")
+_CROSSENTROPY_LOSSES = (
+    tf.keras.losses.SparseCategoricalCrossentropy,
+    tf.keras.losses.CategoricalCrossentropy,
 )
+_CROSSENTROPY_NAMES = ("sparse_categorical_crossentropy", "categorical_crossentropy")
+
+
+class HybridStepResult(NamedTuple):
+    """Output of ``hybrid_sgd_step``."""
+
+    kernel: tf.Tensor  # the stored kernel after the update
+    logits: tf.Tensor  # forward-pass logits x_q @ W_q of the batch
+    probabilities: tf.Tensor  # their softmax (before quantization)
+
+
+def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
+    """``p - onehot(y)`` for int labels ``(batch,)``/``(batch, 1)`` or one-hot labels."""
+    num_classes = probabilities.shape[-1]
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        onehot = tf.cast(labels, probabilities.dtype)
+    else:
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        onehot = tf.one_hot(labels, num_classes, dtype=probabilities.dtype)
+    return probabilities - onehot
+
+
+def hybrid_sgd_step(
+    kernel: tf.Tensor,
+    features: tf.Tensor,
+    *,
+    labels: tf.Tensor,
+    learning_rate: tf.Tensor | float,
+    forward_bits: int | None = DEFAULT_FORWARD_BITS,
+    update_bits: int | None = DEFAULT_UPDATE_BITS,
+    grid: str = DEFAULT_GRID,
+    feature_range: tf.Tensor | None = None,
+    gradient_range: tf.Tensor | None = None,
+    sample_weight: tf.Tensor | None = None,
+    update_noise: tf.Tensor | None = None,
+    gradient_noise: tf.Tensor | None = None,
+    weight_range_margin: float = WEIGHT_RANGE_MARGIN,
+) -> HybridStepResult:
+    """One hybrid-precision SGD step of a bias-free softmax head (METHOD §4).
+
+    With ``Q_b(t; [m, M])`` the quantizer of METHOD §3 on ``grid``::
+
+        x_q = Q_bf(features; feature_range)    W_q = Q_bf(W; min/max of W +- 2% of span)
+        p_q = Q_bf(softmax(x_q @ W_q); [0, 1])
+        g_q = Q_bf(w * (p_q - onehot(y)) / batch; gradient_range)
+        W  <- Q_bw(W - lr * x_q^T g_q; min/max)       (stored weights keep b_w bits)
+
+    The gradient is that of the mean softmax cross-entropy over the batch (Keras'
+    ``sum_over_batch_size``), written by hand: ``x^T (softmax - onehot) / batch``.
+
+    Args:
+        kernel: Stored head kernel ``W``, ``(features, num_classes)``.
+        features: Head inputs ``(batch, features)``.
+        labels: Int labels ``(batch,)`` or one-hot ``(batch, num_classes)``.
+        learning_rate: SGD learning rate.
+        forward_bits: ``b_f``, or None for a float forward pass and gradient.
+        update_bits: ``b_w``, or None for float stored weights.
+        grid: ``"zero_exact"`` or ``"paper"`` (``larq_cwr.quantizers``).
+        feature_range: Static ``(min, max)`` of the features, or None for the batch's.
+        gradient_range: Static ``(min, max)`` of the logit gradient, or None for its own.
+        sample_weight: Optional per-sample weights ``(batch,)``.
+        update_noise: None (round half to even) or uniform ``[0, 1)`` noise shaped like
+            ``kernel`` for stochastic rounding of the stored update.
+        gradient_noise: Likewise for the logit gradient, shaped ``(batch, num_classes)``.
+        weight_range_margin: Widening of the forward weight range, a fraction of its span.
+
+    Returns:
+        ``HybridStepResult(kernel, logits, probabilities)``.
+    """
+
+    def forward(tensor, low, high, noise=None):
+        if forward_bits is None:
+            return tensor
+        return snap_to_grid(tensor, forward_bits, low, high, grid=grid, noise=noise)
+
+    def static_or_own(tensor, value_range):
+        if value_range is None:
+            return tf.reduce_min(tensor), tf.reduce_max(tensor)
+        return value_range[0], value_range[1]
+
+    features = tf.cast(features, kernel.dtype)
+    x_q = forward(features, *static_or_own(features, feature_range))
+    low, high = tf.reduce_min(kernel), tf.reduce_max(kernel)
+    margin = weight_range_margin * (high - low)
+    w_q = forward(kernel, low - margin, high + margin)
+    logits = tf.matmul(x_q, w_q)
+    probabilities = tf.nn.softmax(logits)
+    p_q = forward(probabilities, 0.0, 1.0)
+    difference = logit_difference(p_q, labels)
+    if sample_weight is not None:
+        weight = tf.reshape(tf.cast(sample_weight, difference.dtype), [-1, 1])
+        difference = difference * weight
+    gradient = difference / tf.cast(tf.shape(difference)[0], difference.dtype)
+    g_q = forward(gradient, *static_or_own(gradient, gradient_range), gradient_noise)
+    updated = kernel - tf.cast(learning_rate, kernel.dtype) * tf.matmul(
+        x_q, g_q, transpose_a=True
+    )
+    if update_bits is not None:
+        updated = snap_to_grid(
+            updated,
+            update_bits,
+            tf.reduce_min(updated),
+            tf.reduce_max(updated),
+            grid=grid,
+            noise=update_noise,
+        )
+    return HybridStepResult(updated, logits, probabilities)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")
@@ -37,27 +152,24 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     """Functional ``keras.Model`` whose ``train_step`` does the hybrid CWR* update.
 
     Build it like a functional model, with a ``CWRStarHead`` producing the output
-    logits (optionally followed by a softmax). Training has two phases:
+    logits (optionally followed by a softmax). The head decides the phase
+    (``CWRStarHead.is_first_experience``, the one place larq_cwr decides it):
 
-    1. **Calibration phase** (experience 0, until calibrated): an ordinary float
-       ``train_step`` of the whole model with the compiled optimizer.
-    2. **Hybrid phase** (after calibration): only the head's kernel ``W`` is updated,
-       with the backbone run in inference mode, as METHOD §4 specifies::
+    1. **Float phase**, until the first CWR* experience is consolidated: Keras' own
+       float ``train_step`` of the whole model with the compiled optimizer. It also
+       tracks the range of the logit gradient, whose early large values later
+       experiences' new classes produce again.
+    2. **Hybrid phase**, afterwards: ``hybrid_sgd_step`` updates only the head's kernel,
+       with the backbone in inference mode. ``lr`` is the compiled optimizer's learning
+       rate; the update is plain SGD whatever the optimizer (momentum is ignored, with
+       a warning). ``sample_weight`` and ``class_weight`` weight the logit gradient.
 
-           x_q = Q_bf(features; static range)      W_q = Q_bf(W; min/max +- 2% span)
-           p_q = Q_bf(softmax(x_q @ W_q); [0, 1])  g_q = Q_bf((p_q - onehot(y)) / batch)
-           W  <- Q_bw(W - lr * x_q^T g_q)          (the stored weights keep b_w bits)
-
-       ``lr`` is the compiled optimizer's learning rate; the update is plain SGD
-       whatever the optimizer (momentum is ignored, with a warning).
-
-    Calibration fixes the static ranges of the features and of the logit gradient
-    from experience-0 data: automatically at the end of the first ``fit`` or by
-    ``calibrate(x, y)``. The feature range comes from a pass over the data with the
-    trained backbone in inference mode; the gradient range covers that pass and every
-    float training step of experience 0 (whose early, large gradients later
-    experiences' new classes produce again).
-    The ranges and the phase are model weights, so saving and loading keep them.
+    **Calibration** fixes the static ranges of the features and of the logit gradient
+    from experience-0 data: call ``calibrate(x0, y0)`` after the first experience (any
+    input ``evaluate`` accepts). A model with bit widths entering the hybrid phase
+    uncalibrated warns and quantizes on each batch's own range. The ranges, the
+    stochastic-rounding state and the head's state are model weights: ``save``,
+    ``save_weights`` and checkpoints carry them.
 
     Args:
         inputs: Functional model inputs.
@@ -65,25 +177,28 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         forward_bits: Bits of the forward pass and logit gradient (b_f), or None for
             float.
         update_bits: Bits of the stored head weights (b_w), or None for float.
+        grid: Quantization grid, ``"zero_exact"`` (default, METHOD §3) or ``"paper"``.
         rounding: ``"nearest"`` (half to even) or ``"stochastic"`` (unbiased) rounding
             of the stored update.
-        seed: Seed of the stochastic-rounding noise.
-        zero_exact: Quantize with TensorFlow's zero-exact
-            ``fake_quant_with_min_max_vars`` instead of the METHOD §3 grid.
-        auto_calibrate: Calibrate at the end of the first ``fit`` call.
+        seed: Seed of the stochastic-rounding noise (None: 0).
         **kwargs: Other ``tf.keras.Model`` arguments (``name``).
 
     Raises:
         ValueError: No (or several) ``CWRStarHead`` in the model, an output that is
-            not the head's logits or their softmax, bad bit widths or rounding mode.
+            not the head's logits or their softmax, bad bit widths, grid or rounding.
 
     Example:
-        >>> import larq_cwr, tensorflow as tf
+        >>> import larq_cwr, numpy as np, tensorflow as tf
         >>> inputs = tf.keras.Input((4,))
-        >>> logits = larq_cwr.CWRStarHead(3)(inputs)
-        >>> model = HybridQuantizedTrainStep(inputs, logits, forward_bits=8, update_bits=16)
-        >>> model.compile(tf.keras.optimizers.SGD(0.0025),
+        >>> head = larq_cwr.CWRStarHead(3)
+        >>> model = HybridQuantizedTrainStep(inputs, head(inputs))
+        >>> model.compile(tf.keras.optimizers.SGD(0.1),
         ...     tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        >>> x, y = np.random.default_rng(0).random((20, 4)), np.arange(20) % 3
+        >>> _ = model.fit(x, y, verbose=0, callbacks=[larq_cwr.CWRStar(head, labels=y)])
+        >>> model.calibrate(x, y)
+        >>> model.phase, model.is_calibrated
+        ('hybrid', True)
     """
 
     def __init__(
@@ -91,66 +206,54 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         *args: Any,
         forward_bits: int | None = DEFAULT_FORWARD_BITS,
         update_bits: int | None = DEFAULT_UPDATE_BITS,
+        grid: str = DEFAULT_GRID,
         rounding: str = "nearest",
         seed: int | None = None,
-        zero_exact: bool = False,
-        auto_calibrate: bool = True,
         **kwargs: Any,
     ) -> None:
-        if forward_bits is not None:
-            check_bits(forward_bits, "forward_bits")
-        if update_bits is not None:
-            check_bits(update_bits, "update_bits")
-        if rounding not in ROUNDING_MODES:
-            raise ValueError(
-                f"`rounding` must be one of {ROUNDING_MODES}; got {rounding!r}."
-            )
+        check_optional_bits(forward_bits, "forward_bits")
+        check_optional_bits(update_bits, "update_bits")
+        check_choice(grid, GRIDS, "grid")
+        check_choice(rounding, ROUNDING_MODES, "rounding")
         super().__init__(*args, **kwargs)
         self.forward_bits = forward_bits
         self.update_bits = update_bits
+        self.grid = grid
         self.rounding = rounding
         self.seed = seed
-        self.zero_exact = bool(zero_exact)
-        self.auto_calibrate = bool(auto_calibrate)
         self.head = self._find_head()
         self._outputs_logits = self._check_outputs()
-        # Bypass Keras' attribute tracking: this view shares the model's layers and must
-        # not appear as an extra layer in `layers`, `summary()` or saved files.
+        # Views sharing the model's layers; bypass Keras' attribute tracking so they
+        # appear neither as extra layers in `layers`/`summary()` nor in saved files.
         object.__setattr__(
-            self,
-            "_features_and_logits",
-            tf.keras.Model(self.inputs, [self.head.input, self.head.output]),
+            self, "_feature_model", tf.keras.Model(self.inputs, self.head.input)
         )
-        self._feature_range = self.add_weight(
-            name="feature_range", shape=(2,), initializer="zeros", trainable=False
-        )
-        self._gradient_range = self.add_weight(
-            name="gradient_range", shape=(2,), initializer="zeros", trainable=False
-        )
+        self._feature_range = self._state("feature_range", (2,))
+        self._gradient_range = self._state("gradient_range", (2,))
         # Running min/max of (p - onehot) and the largest batch over the float training
         # steps of experience 0; [0, 0] is a safe start since the min is <= 0 <= the max.
-        self._difference_range = self.add_weight(
-            name="difference_range", shape=(2,), initializer="zeros", trainable=False
-        )
-        self._largest_batch = self.add_weight(
-            name="largest_batch",
-            shape=(),
-            initializer="zeros",
-            dtype=tf.int32,
-            trainable=False,
-        )
-        self._calibrated = self.add_weight(
-            name="calibrated",
-            shape=(),
-            initializer="zeros",
-            dtype=tf.int32,
-            trainable=False,
+        self._difference_range = self._state("difference_range", (2,))
+        self._largest_batch = self._state("largest_batch", (), tf.int32)
+        self._calibrated = self._state("calibrated", (), tf.int32)
+        # Counter of the stochastic-rounding noise: draw k uses the stateless seed
+        # (seed, k), so a saved and restored model continues the same stream.
+        self._noise_counter = self._state("noise_counter", (), tf.int64)
+        # Accumulators of a calibration pass (not model state: not saved).
+        object.__setattr__(
+            self, "_pass_ranges", tf.Variable(tf.zeros((2, 2)), trainable=False)
         )
         object.__setattr__(
-            self, "_noise", tf.random.Generator.from_seed(0 if seed is None else seed)
+            self, "_pass_batch", tf.Variable(0, dtype=tf.int32, trainable=False)
         )
-        self._traced_hybrid: bool | None = None
-        self._warned_optimizer = False
+        self._calibrating = False
+        self._traced_phase: str | None = None
+        self._traced_calibrating: bool | None = None
+        self._checked_compile = False
+
+    def _state(self, name: str, shape: tuple, dtype: Any = tf.float32) -> tf.Variable:
+        return self.add_weight(
+            name=name, shape=shape, initializer="zeros", dtype=dtype, trainable=False
+        )
 
     # -- construction checks ---------------------------------------------------------
 
@@ -188,8 +291,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     # -- state --------------------------------------------------------------------------
 
     @property
+    def phase(self) -> str:
+        """``"float"`` until the head consolidates an experience, then ``"hybrid"``."""
+        return "float" if self.head.is_first_experience else "hybrid"
+
+    @property
     def is_calibrated(self) -> bool:
-        """True once the static ranges are fixed and the hybrid phase is on."""
+        """True once the static ranges are fixed by ``calibrate``."""
         return bool(self._calibrated.numpy())
 
     @property
@@ -202,6 +310,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         """Copy of the static (min, max) of the logit gradient ``(p - onehot) / batch``."""
         return self._gradient_range.numpy().copy()
 
+    @property
+    def feature_extractor(self) -> tf.keras.Model:
+        """Model from the inputs to the head's input features (shares the layers)."""
+        return tf.keras.Model(self.inputs, self.head.input)
+
+    # -- calibration -----------------------------------------------------------------
+
     def calibrate(
         self,
         x: Any = None,
@@ -210,85 +325,101 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         batch_size: int | None = None,
         steps: int | None = None,
     ) -> None:
-        """Fix the static ranges from data (experience 0) and switch to the hybrid phase.
+        """Fix the static ranges of the hybrid update from experience-0 data.
 
-        Runs the model in inference mode over the data, taking the min/max of the
-        head's input features and of the logit gradient ``(softmax - onehot) / batch``.
+        Runs the model in inference mode over the data, through ``evaluate``'s input
+        handling (arrays, ``tf.data`` datasets, generators, ``Sequence``s, ``steps``),
+        and takes the min/max of the head's input features and of
+        ``softmax(logits) - onehot(y)``; the gradient range also covers the float
+        training steps of experience 0, and is divided by the largest batch seen, since
+        the gradient is ``(p - onehot) / batch``. Call it after the first experience
+        (the head holds the consolidated weights then) and before the hybrid phase; it
+        does not change the phase. With ``forward_bits=None`` there is nothing to
+        calibrate and the data is not read.
 
         Args:
-            x: Inputs, or a dataset of ``(x, y)`` batches (as for ``evaluate``).
-            y: Int labels when ``x`` is an array.
+            x: Inputs, or a dataset/generator of ``(x, y)`` batches (as for ``evaluate``).
+            y: Int or one-hot labels when ``x`` is an array.
             batch_size: Batch size for array inputs (default 32, as Keras).
-            steps: Number of batches to use (default: all).
-
-        With ``forward_bits=None`` there is no static range to fix: the data is not
-        needed and the call only switches to the hybrid phase.
+            steps: Number of batches to use (default: until the data is exhausted).
 
         Raises:
-            ValueError: No labelled data, or non-finite features.
+            RuntimeError: The model is not compiled.
+            ValueError: No labels, no data, or non-finite features or gradients; the
+                previous ranges are then kept.
         """
         if self.forward_bits is None:
             self._calibrated.assign(1)
             return
-
-        handler = data_adapter.get_data_handler(
-            x=x,
-            y=y,
-            batch_size=batch_size,
-            steps_per_epoch=steps,
-            model=self,
-            shuffle=False,
-        )
-        low = np.array([np.inf, np.inf], dtype=np.float64)
-        high = -low
-        # Experience-0 training steps saw the large early gradients: keep their range.
-        low[1], high[1] = self._difference_range.numpy()
-        largest_batch = int(self._largest_batch.numpy())
-        for _, iterator in handler.enumerate_epochs():
-            for _ in handler.steps():
-                inputs, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(next(iterator))
-                if labels is None:
-                    raise ValueError(
-                        "`calibrate` needs labels: pass `y` or (x, y) batches."
-                    )
-                features, difference = self._calibration_batch(inputs, labels)
-                largest_batch = max(largest_batch, features.shape[0])
-                low = np.minimum(low, [features.min(), difference.min()])
-                high = np.maximum(high, [features.max(), difference.max()])
-        # The gradient is (p - onehot) / batch: scale by the full batch size, so a short
-        # last batch does not widen the range.
-        low[1] /= max(largest_batch, 1)
-        high[1] /= max(largest_batch, 1)
-        if not np.all(np.isfinite(low)) or not np.all(np.isfinite(high)):
-            raise ValueError("Calibration saw no data or non-finite features/gradients.")
-        self._feature_range.assign([low[0], high[0]])
-        self._gradient_range.assign([low[1], high[1]])
+        if getattr(self, "optimizer", None) is None:
+            raise RuntimeError(
+                "Compile the model before `calibrate()`: it runs through `evaluate`."
+            )
+        tracked = self._difference_range.numpy()
+        self._pass_ranges.assign([[np.inf, -np.inf], [tracked[0], tracked[1]]])
+        self._pass_batch.assign(int(self._largest_batch.numpy()))
+        self._calibrating = True
+        try:
+            self.evaluate(x, y, batch_size=batch_size, steps=steps, verbose=0)
+        finally:
+            self._calibrating = False
+        (f_low, f_high), (d_low, d_high) = self._pass_ranges.numpy()
+        batch = max(int(self._pass_batch.numpy()), 1)
+        ranges = np.array([[f_low, f_high], [d_low / batch, d_high / batch]])
+        if not np.all(np.isfinite(ranges)):
+            raise ValueError(
+                "`calibrate` saw no data or non-finite features/gradients; the ranges "
+                "are unchanged."
+            )
+        self._feature_range.assign(ranges[0])
+        self._gradient_range.assign(ranges[1])
         self._calibrated.assign(1)
+        self.train_function = None  # the static ranges are part of the traced step
         logger.info(
             "Calibrated: features in [%.4g, %.4g], logit gradient in [%.4g, %.4g].",
-            low[0],
-            high[0],
-            low[1],
-            high[1],
+            *ranges.ravel(),
         )
 
-    def _calibration_batch(self, inputs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-        features, logits = self._features_and_logits(inputs, training=False)
-        difference = self._logit_difference(tf.nn.softmax(logits), labels)
-        return features.numpy(), difference.numpy()
+    def make_test_function(self, force: bool = False):
+        if self._calibrating != self._traced_calibrating:
+            force = True  # a calibration pass traces another test step
+        self._traced_calibrating = self._calibrating
+        return super().make_test_function(force=force)
 
-    @property
-    def feature_extractor(self) -> tf.keras.Model:
-        """Model from the inputs to the head's input features (shares the layers)."""
-        return tf.keras.Model(self.inputs, self.head.input)
+    def test_step(self, data: Any) -> dict[str, Any]:
+        if not self._calibrating:
+            return super().test_step(data)
+        x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("`calibrate` needs labels: pass `y` or (x, y) batches.")
+        features = self._feature_model(x, training=False)
+        difference = logit_difference(tf.nn.softmax(self.head(features)), y)
+        ranges = self._pass_ranges
+        ranges.assign(
+            [
+                [
+                    tf.minimum(ranges[0, 0], tf.reduce_min(features)),
+                    tf.maximum(ranges[0, 1], tf.reduce_max(features)),
+                ],
+                [
+                    tf.minimum(ranges[1, 0], tf.reduce_min(difference)),
+                    tf.maximum(ranges[1, 1], tf.reduce_max(difference)),
+                ],
+            ]
+        )
+        self._pass_batch.assign(tf.maximum(self._pass_batch, tf.shape(difference)[0]))
+        return {}
+
+    # -- head on frozen features -------------------------------------------------------
 
     def head_model(self) -> "HybridQuantizedTrainStep":
         """A copy of the head alone, on feature inputs, with this model's state.
 
-        The copy has the same bit widths, rounding and seed, the head's weights (CWR*
-        state included) and the calibration state. Once the backbone is frozen, a stream
-        can train this copy on precomputed features (the same arithmetic, without
-        running the backbone every epoch) and ``load_head_state`` the result back.
+        The copy has the same bit widths, grid, rounding and seed, the head's weights
+        (CWR* state included), the calibration state and the noise counter. Once the
+        backbone is frozen, a stream can train this copy on precomputed features (the
+        same arithmetic, without running the backbone every epoch) and
+        ``load_head_state`` the result back.
 
         Returns:
             A new, uncompiled ``HybridQuantizedTrainStep``.
@@ -308,47 +439,57 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return model
 
     def load_head_state(self, other: "HybridQuantizedTrainStep") -> None:
-        """Copy the head weights and the calibration state of ``other`` into this model."""
+        """Copy the head weights, calibration and noise state of ``other`` into this one."""
         self.head.set_weights(other.head.get_weights())
-        for mine, theirs in zip(self._calibration_state(), other._calibration_state()):
+        for mine, theirs in zip(self._own_state(), other._own_state()):
             mine.assign(theirs)
+        self.train_function = None
 
-    def _calibration_state(self) -> list[tf.Variable]:
+    def _own_state(self) -> list[tf.Variable]:
         return [
             self._feature_range,
             self._gradient_range,
             self._difference_range,
             self._largest_batch,
             self._calibrated,
+            self._noise_counter,
         ]
 
     # -- training -----------------------------------------------------------------------
 
-    def fit(
-        self, x: Any = None, y: Any = None, batch_size: int | None = None, **kwargs: Any
-    ):
-        """``tf.keras.Model.fit``; the first call also calibrates (``auto_calibrate``)."""
-        history = super().fit(x, y, batch_size, **kwargs)
-        if self.auto_calibrate and not self.is_calibrated:
-            self.calibrate(x, y, batch_size=batch_size)
-        return history
-
     def make_train_function(self, force: bool = False):
-        hybrid = self.is_calibrated
-        if hybrid != self._traced_hybrid:
+        phase = self.phase
+        if phase != self._traced_phase:
             force = True  # the phase decides what train_step traces
-        self._traced_hybrid = hybrid
-        if hybrid:
-            self._check_optimizer()
+        self._traced_phase = phase
+        if phase == "hybrid":
+            self._check_compile()
         return super().make_train_function(force=force)
 
     def train_step(self, data: Any) -> dict[str, Any]:
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        if not self._traced_hybrid:
+        if self._traced_phase != "hybrid":
+            self._warn_if_bits_unused()
             return self._float_step(x, y, sample_weight)
-        features, _ = self._features_and_logits(x, training=False)
-        logits, probabilities = self._hybrid_update(features, y)
-        y_pred = logits if self._outputs_logits else probabilities
+        calibrated = self._check_calibrated()
+        features = self._feature_model(x, training=False)
+        kernel = self.head.kernel
+        result = hybrid_sgd_step(
+            kernel,
+            features,
+            labels=y,
+            learning_rate=self._learning_rate(),
+            forward_bits=self.forward_bits,
+            update_bits=self.update_bits,
+            grid=self.grid,
+            feature_range=self._feature_range if calibrated else None,
+            gradient_range=self._gradient_range if calibrated else None,
+            sample_weight=sample_weight,
+            update_noise=self._rounding_noise(kernel),
+        )
+        kernel.assign(result.kernel)
+        self.optimizer.iterations.assign_add(1)
+        y_pred = result.logits if self._outputs_logits else result.probabilities
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
@@ -357,10 +498,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x, y, y_pred, sample_weight)
-        self._validate_target_and_loss(y, loss)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         probabilities = tf.nn.softmax(y_pred) if self._outputs_logits else y_pred
-        difference = self._logit_difference(probabilities, y)
+        difference = logit_difference(probabilities, y)
         current = self._difference_range
         current.assign(
             [
@@ -371,65 +511,12 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._largest_batch.assign(tf.maximum(self._largest_batch, tf.shape(difference)[0]))
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
-    def _hybrid_update(
-        self, features: tf.Tensor, labels: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One METHOD §4 step on the head kernel; returns (logits, softmax)."""
-        kernel = self.head.kernel
-        features = tf.cast(features, kernel.dtype)
-        x_q = self._forward_quantize(
-            features, self._feature_range[0], self._feature_range[1]
-        )
-        low, high = tf.reduce_min(kernel), tf.reduce_max(kernel)
-        margin = WEIGHT_RANGE_MARGIN * (high - low)
-        w_q = self._forward_quantize(kernel, low - margin, high + margin)
-        logits = tf.matmul(x_q, w_q)
-        probabilities = tf.nn.softmax(logits)
-        p_q = self._forward_quantize(probabilities, 0.0, 1.0)
-        gradient = self._logit_gradient(p_q, labels)
-        g_q = self._forward_quantize(
-            gradient, self._gradient_range[0], self._gradient_range[1]
-        )
-        updated = kernel - self._learning_rate() * tf.matmul(x_q, g_q, transpose_a=True)
-        kernel.assign(self._store(updated))
-        self.optimizer.iterations.assign_add(1)
-        return logits, probabilities
-
-    def _logit_gradient(self, probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
-        """``(p - onehot(y)) / batch``: d(mean softmax cross-entropy)/d(logits)."""
-        batch = tf.cast(tf.shape(probabilities)[0], probabilities.dtype)
-        return self._logit_difference(probabilities, labels) / batch
-
-    def _logit_difference(self, probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
-        """``p - onehot(y)`` for int (or one-hot) labels."""
-        num_classes = self.head.num_classes
-        labels = tf.convert_to_tensor(labels)
-        if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
-            onehot = tf.cast(labels, probabilities.dtype)
-        else:
-            labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-            onehot = tf.one_hot(labels, num_classes, dtype=probabilities.dtype)
-        return probabilities - onehot
-
-    def _forward_quantize(self, tensor: tf.Tensor, low: Any, high: Any) -> tf.Tensor:
-        if self.forward_bits is None:
-            return tensor
-        return snap_to_grid(
-            tensor, self.forward_bits, low, high, zero_exact=self.zero_exact
-        )
-
-    def _store(self, weights: tf.Tensor) -> tf.Tensor:
-        if self.update_bits is None:
-            return weights
-        return snap_to_grid(
-            weights,
-            self.update_bits,
-            tf.reduce_min(weights),
-            tf.reduce_max(weights),
-            rounding=self.rounding,
-            generator=self._noise,
-            zero_exact=self.zero_exact and self.rounding == "nearest",
-        )
+    def _rounding_noise(self, kernel: tf.Variable) -> tf.Tensor | None:
+        if self.rounding != "stochastic" or self.update_bits is None:
+            return None
+        seed = tf.stack([tf.constant(self.seed or 0, tf.int64), self._noise_counter])
+        self._noise_counter.assign_add(1)
+        return tf.random.stateless_uniform(tf.shape(kernel), seed=seed, dtype=kernel.dtype)
 
     def _learning_rate(self) -> tf.Tensor:
         rate = self.optimizer.learning_rate
@@ -437,9 +524,39 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             rate = rate(self.optimizer.iterations)
         return tf.cast(rate, self.head.kernel.dtype)
 
-    def _check_optimizer(self) -> None:
-        if self._warned_optimizer or self.optimizer is None:
+    # -- warnings (trace time: once per traced train function; `init_scope` reads the
+    # state eagerly, as it stands when the first batch arrives) -------------------------
+
+    def _warn_if_bits_unused(self) -> None:
+        has_bits = self.forward_bits is not None or self.update_bits is not None
+        with tf.init_scope():
+            in_experience = self.head.in_experience
+        if has_bits and not in_experience:
+            warnings.warn(
+                "HybridQuantizedTrainStep trains the whole network in float: no CWR* "
+                "experience has been consolidated, so `forward_bits`/`update_bits` are "
+                "not used yet. Train each experience with the `CWRStar` callback; the "
+                "hybrid update starts after the first one.",
+                stacklevel=2,
+            )
+
+    def _check_calibrated(self) -> bool:
+        with tf.init_scope():
+            calibrated = self.is_calibrated
+        if self.forward_bits is not None and not calibrated:
+            warnings.warn(
+                "HybridQuantizedTrainStep is in the hybrid phase but not calibrated: the "
+                "features and logit gradient are quantized on each batch's own range. "
+                "Call `model.calibrate(x0, y0)` with experience-0 data after the first "
+                "experience for the static ranges of METHOD §4.",
+                stacklevel=2,
+            )
+        return calibrated
+
+    def _check_compile(self) -> None:
+        if self._checked_compile or self.optimizer is None:
             return
+        self._checked_compile = True
         momentum = getattr(self.optimizer, "momentum", 0.0)
         if not isinstance(self.optimizer, tf.keras.optimizers.SGD) or float(momentum):
             warnings.warn(
@@ -448,7 +565,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
                 f"(momentum={momentum}) only supplies the learning rate.",
                 stacklevel=3,
             )
-        self._warned_optimizer = True
+        loss = getattr(self, "loss", None)
+        if not (
+            isinstance(loss, _CROSSENTROPY_LOSSES)
+            or (isinstance(loss, str) and loss in _CROSSENTROPY_NAMES)
+        ):
+            warnings.warn(
+                "HybridQuantizedTrainStep's hybrid update follows the gradient of the "
+                f"softmax cross-entropy; the compiled loss {loss!r} is only reported.",
+                stacklevel=3,
+            )
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        super().compile(*args, **kwargs)
+        self._checked_compile = False  # check the new optimizer and loss
 
     # -- serialization ---------------------------------------------------------------
 

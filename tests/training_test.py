@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -5,9 +7,12 @@ import tensorflow as tf
 from larq_cwr import CWRStar, CWRStarHead, HybridQuantizedTrainStep
 
 FEATURES, CLASSES, BATCH = 6, 4, 16
+LEARNING_RATE = 0.05
 
 
-def _hybrid_model(forward_bits=8, update_bits=16, softmax=False, **kwargs):
+def _hybrid_model(
+    forward_bits=8, update_bits=16, softmax=False, learning_rate=LEARNING_RATE, **kwargs
+):
     inputs = tf.keras.Input((5,))
     features = tf.keras.layers.Dense(
         FEATURES,
@@ -22,7 +27,7 @@ def _hybrid_model(forward_bits=8, update_bits=16, softmax=False, **kwargs):
         inputs, outputs, forward_bits=forward_bits, update_bits=update_bits, **kwargs
     )
     model.compile(
-        tf.keras.optimizers.SGD(0.05),
+        tf.keras.optimizers.SGD(learning_rate),
         tf.keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax),
         metrics=["accuracy"],
     )
@@ -31,26 +36,65 @@ def _hybrid_model(forward_bits=8, update_bits=16, softmax=False, **kwargs):
 
 def _data(n=64, seed=0):
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, CLASSES, n).astype(
-        np.int32
-    )
+    x = rng.normal(size=(n, 5)).astype(np.float32)
+    return x, rng.integers(0, CLASSES, n).astype(np.int32)
+
+
+def _end_first_experience(model, y):
+    """Consolidate a first experience without training: the hybrid phase begins."""
+    model.head.begin_experience(np.bincount(y, minlength=CLASSES))
+    model.head.consolidate()
 
 
 def _q(x, bits, low, high):
-    """METHOD §3 in numpy (np.round rounds half to even, like tf.round)."""
-    x, low, high = np.float32(x), np.float32(low), np.float32(high)
-    scale = np.float32(2**bits - 1) / (high - low)
-    return np.round((np.clip(x, low, high) - low) * scale) / scale + low
+    """METHOD §3's zero-exact grid in numpy: widen to 0, integer zero point."""
+    x = np.asarray(x, np.float32)
+    low, high = np.float32(min(low, 0.0)), np.float32(max(high, 0.0))
+    levels = np.float32(2**bits - 1)
+    step = (high - low) / levels
+    zero_point = np.clip(np.floor(-low / step + np.float32(0.5)), 0, levels)
+    return np.clip(np.round(x / step), -zero_point, levels - zero_point) * step
 
 
 def _features(model, x):
     return model.get_layer("backbone")(x).numpy()
 
 
+def _expected_step(model, kernel, x, y, *, quantize_operands=True, weights=None):
+    learning_rate = np.float32(model.optimizer.learning_rate.numpy())
+    """METHOD §4 in numpy, from the calibrated ranges (or float operands)."""
+    bits = model.forward_bits
+    q = _q if quantize_operands else (lambda t, *_: np.asarray(t, np.float32))
+    f_low, f_high = model.feature_range
+    g_low, g_high = model.gradient_range
+    x_q = q(_features(model, x), bits, f_low, f_high)
+    margin = np.float32(0.02) * (kernel.max() - kernel.min())
+    w_q = q(kernel, bits, kernel.min() - margin, kernel.max() + margin)
+    logits = x_q @ w_q
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    difference = q(p, bits, 0.0, 1.0) - np.eye(CLASSES, dtype=np.float32)[y]
+    if weights is not None:
+        difference = difference * weights[:, None]
+    g_q = q(difference / np.float32(len(y)), bits, g_low, g_high)
+    return kernel - learning_rate * x_q.T @ g_q
+
+
+def _stored(updated, update_bits):
+    if update_bits is None:
+        return updated
+    return _q(updated, update_bits, updated.min(), updated.max())
+
+
+def _levels_apart(a, b, update_bits, updated):
+    step = (max(updated.max(), 0) - min(updated.min(), 0)) / (2**update_bits - 1)
+    return np.round(np.abs(a - b) / step)
+
+
 def test_none_bits_equal_plain_float_sgd():
     x, y = _data()
     hybrid = _hybrid_model(None, None)
-    hybrid.calibrate(x, y, batch_size=BATCH)
+    _end_first_experience(hybrid, y)
     hybrid.head.kernel.assign(np.random.default_rng(2).normal(size=(FEATURES, CLASSES)))
 
     # Reference: the same network as a plain Keras model, backbone frozen, plain SGD.
@@ -60,7 +104,7 @@ def test_none_bits_equal_plain_float_sgd():
     reference = tf.keras.Model(inputs, head(backbone(inputs)))
     reference.set_weights(hybrid.get_weights()[: len(reference.get_weights())])
     reference.compile(
-        tf.keras.optimizers.SGD(0.05),
+        tf.keras.optimizers.SGD(LEARNING_RATE),
         tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     for start in range(0, 64, BATCH):
@@ -80,47 +124,54 @@ def test_none_bits_equal_plain_float_sgd():
 @pytest.mark.parametrize("update_bits", [8, 16, None])
 def test_hybrid_step_matches_method_in_numpy(forward_bits, update_bits):
     x, y = _data()
-    model = _hybrid_model(forward_bits, update_bits)
+    # A large step on small weights, so that the operands' quantization moves the
+    # update by more than one 8-bit stored level (the test then tells them apart).
+    model = _hybrid_model(forward_bits, update_bits, learning_rate=0.5)
+    _end_first_experience(model, y)
     model.calibrate(x, y, batch_size=BATCH)
-    kernel = np.random.default_rng(3).normal(size=(FEATURES, CLASSES)).astype(np.float32)
+    kernel = 0.1 * np.random.default_rng(3).normal(size=(FEATURES, CLASSES))
+    kernel = kernel.astype(np.float32)
     model.head.kernel.assign(kernel)
     xb, yb = x[:BATCH], y[:BATCH]
     model.train_on_batch(xb, yb)
-
-    f_low, f_high = model.feature_range
-    g_low, g_high = model.gradient_range
-    x_q = _q(_features(model, xb), forward_bits, f_low, f_high)
-    margin = np.float32(0.02) * (kernel.max() - kernel.min())
-    w_q = _q(kernel, forward_bits, kernel.min() - margin, kernel.max() + margin)
-    logits = x_q @ w_q
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    p_q = _q(p, forward_bits, 0.0, 1.0)
-    g_q = _q((p_q - np.eye(CLASSES)[yb]) / BATCH, forward_bits, g_low, g_high)
-    updated = kernel - np.float32(0.05) * x_q.T @ g_q
-    expected = (
-        updated
-        if update_bits is None
-        else _q(updated, update_bits, updated.min(), updated.max())
-    )
     stored = model.head.kernel.numpy()
-    # Float32 arithmetic in another order may flip a value sitting on a rounding
-    # boundary by one stored level; without storage rounding, float32 noise only.
-    step = (
-        0.0
-        if update_bits is None
-        else (updated.max() - updated.min()) / (2**update_bits - 1)
+
+    updated = _expected_step(model, kernel, xb, yb)
+    expected = _stored(updated, update_bits)
+    unquantized = _stored(
+        _expected_step(model, kernel, xb, yb, quantize_operands=False), update_bits
     )
-    np.testing.assert_allclose(stored, expected, atol=max(1.01 * step, 1e-6))
-    assert not np.allclose(stored, kernel)  # it did learn
-    if update_bits is not None:
-        levels = (stored - stored.min()) / (
-            (stored.max() - stored.min()) / (2**update_bits - 1)
-        )
-        np.testing.assert_allclose(levels, np.round(levels), atol=0.02)
+    if update_bits is None:
+        # Float storage: float32 reassociation only (1e-6 on O(1) weights)...
+        np.testing.assert_allclose(stored, expected, atol=1e-6)
+        # ...while float operands change the update by far more.
+        assert np.abs(unquantized - expected).max() > 1e-4
+        return
+    apart = _levels_apart(stored, expected, update_bits, updated)
+    # Float32 in another order may flip a value sitting on a rounding tie by one stored
+    # level: allow one level on at most 1 entry in 24; never two levels.
+    assert apart.max() <= 1 and (apart == 1).sum() <= 1, apart
+    # The same check rejects an update computed from unquantized operands.
+    wrong = _levels_apart(unquantized, expected, update_bits, updated)
+    assert (wrong >= 1).sum() > 1 or wrong.max() > 1
 
 
-def test_calibrate_takes_pass_ranges():
+def test_sample_weight_weights_the_logit_gradient():
+    x, y = _data()
+    model = _hybrid_model(8, None)
+    _end_first_experience(model, y)
+    model.calibrate(x, y, batch_size=BATCH)
+    kernel = np.random.default_rng(5).normal(size=(FEATURES, CLASSES)).astype(np.float32)
+    model.head.kernel.assign(kernel)
+    weights = np.linspace(0.0, 1.5, BATCH).astype(np.float32)
+    model.train_on_batch(x[:BATCH], y[:BATCH], sample_weight=weights)
+    expected = _expected_step(model, kernel, x[:BATCH], y[:BATCH], weights=weights)
+    unweighted = _expected_step(model, kernel, x[:BATCH], y[:BATCH])
+    np.testing.assert_allclose(model.head.kernel.numpy(), expected, atol=1e-6)
+    assert np.abs(unweighted - expected).max() > 1e-3  # the weights matter
+
+
+def test_calibrate_takes_pass_ranges_from_any_fit_input():
     x, y = _data(80)
     model = _hybrid_model()
     model.head.kernel.assign(np.random.default_rng(4).normal(size=(FEATURES, CLASSES)))
@@ -132,52 +183,124 @@ def test_calibrate_takes_pass_ranges():
     p = tf.nn.softmax(features @ model.head.kernel.numpy()).numpy()
     diff = p - np.eye(CLASSES)[y]
     # Normalized by the full batch size, not by the short last batch.
-    np.testing.assert_allclose(
-        model.gradient_range, [diff.min() / BATCH, diff.max() / BATCH], rtol=1e-5
-    )
+    expected_gradient = [diff.min() / BATCH, diff.max() / BATCH]
+    np.testing.assert_allclose(model.gradient_range, expected_gradient, rtol=1e-5)
+
+    def generator():
+        for start in range(0, 80, BATCH):
+            yield x[start : start + BATCH], y[start : start + BATCH]
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+    for data, kwargs in (
+        (dataset, {}),
+        (generator(), {"steps": 5}),
+        (dataset.repeat(), {"steps": 5}),
+    ):
+        other = _hybrid_model()
+        other.set_weights(model.get_weights())
+        other._calibrated.assign(0)
+        other.calibrate(data, **kwargs)
+        np.testing.assert_array_equal(other.feature_range, model.feature_range)
+        np.testing.assert_allclose(other.gradient_range, expected_gradient, rtol=1e-5)
+    # A pass over the first 2 batches only sees part of the data.
+    partial = _hybrid_model()
+    partial.set_weights(model.get_weights())
+    partial.calibrate(dataset, steps=2)
+    assert partial.feature_range[1] < features.max() or partial.feature_range[0] > 0
 
 
-def test_float_steps_track_gradient_range_and_fit_calibrates():
+def test_calibrate_errors_keep_the_ranges():
+    x, y = _data()
+    model = _hybrid_model()
+    model.calibrate(x, y)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="needs labels"):
+        model.calibrate(x)
+    x_bad = x.copy()
+    x_bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        model.calibrate(x_bad, y)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    uncompiled = HybridQuantizedTrainStep(model.inputs, model.outputs)
+    with pytest.raises(RuntimeError, match="Compile the model"):
+        uncompiled.calibrate(x, y)
+
+
+def test_the_head_decides_the_phase():
     x, y = _data(80)
     model = _hybrid_model()
     model.head.kernel.assign(np.random.default_rng(4).normal(size=(FEATURES, CLASSES)))
     p = tf.nn.softmax(model.predict(x[:BATCH], verbose=0)).numpy()
     diff = p - np.eye(CLASSES)[y[:BATCH]]
-    model.train_on_batch(x[:BATCH], y[:BATCH])  # float phase: whole model, tracked
+    # Without CWRStar no experience is consolidated: float phase, with a warning that
+    # the bit widths are not used.
+    with pytest.warns(UserWarning, match="not used yet"):
+        model.train_on_batch(x[:BATCH], y[:BATCH])
     np.testing.assert_allclose(
         model._difference_range.numpy(), [diff.min(), diff.max()], rtol=1e-5
     )
-
-    assert not model.is_calibrated
-    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
-    assert model.is_calibrated
-    features = _features(model, x)
-    np.testing.assert_allclose(
-        model.feature_range, [features.min(), features.max()], rtol=1e-6
-    )
-    low, high = model.gradient_range
-    assert low <= diff.min() / BATCH and high >= diff.max() / BATCH
-    # The second fit is the hybrid phase: the backbone no longer changes.
+    # A second fit on experience 0 stays in the float phase: the backbone trains.
+    for _ in range(2):
+        before = model.get_layer("backbone").kernel.numpy().copy()
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+        assert model.phase == "float" and not model.is_calibrated
+        assert not np.array_equal(model.get_layer("backbone").kernel.numpy(), before)
+    # One experience with CWRStar: the next fit is the hybrid phase.
+    model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[CWRStar(model.head, labels=y)])
+    assert model.phase == "hybrid" and not model.is_calibrated
     before = model.get_layer("backbone").kernel.numpy().copy()
-    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match="not calibrated"):
+        model.fit(x, y, batch_size=BATCH, verbose=0)
     np.testing.assert_array_equal(model.get_layer("backbone").kernel.numpy(), before)
+    model.calibrate(x, y, batch_size=BATCH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # calibrated: no warning
+        model.fit(x, y, batch_size=BATCH, verbose=0)
 
 
-def test_stochastic_rounding_is_seeded():
+def test_stochastic_rounding_is_seeded_and_resumes():
     x, y = _data()
     kernels = []
-    for _ in range(2):
+    for seed in (5, 5, 6):
         tf.keras.backend.clear_session()
-        model = _hybrid_model(8, 8, rounding="stochastic", seed=5)
+        model = _hybrid_model(8, 8, rounding="stochastic", seed=seed)
+        _end_first_experience(model, y)
         model.calibrate(x, y, batch_size=BATCH)
         model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False)
         kernels.append(model.head.kernel.numpy())
     np.testing.assert_array_equal(kernels[0], kernels[1])
+    assert not np.array_equal(kernels[0], kernels[2])
+    # The noise counter is model state: a copy continues the same stream.
+    copy = _hybrid_model(8, 8, rounding="stochastic", seed=6)
+    copy.set_weights(model.get_weights())
+    for m in (model, copy):
+        m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_array_equal(copy.head.kernel.numpy(), model.head.kernel.numpy())
+
+
+def test_zero_exact_keeps_zero_columns_zero():
+    """A class whose gradient is exactly 0 keeps its zero column (METHOD §3)."""
+    x, y = _data()
+    for grid, stays_zero in (("zero_exact", True), ("paper", False)):
+        model = _hybrid_model(8, 16, grid=grid)
+        _end_first_experience(model, y)
+        model.calibrate(x, y, batch_size=BATCH)
+        kernel = np.zeros((FEATURES, CLASSES), np.float32)
+        kernel[:, :3] = np.random.default_rng(1).normal(size=(FEATURES, 3))
+        kernel[:, 3] = 0.0
+        kernel[:, :3] -= 8.0  # class 3's logit dominates nothing: p_3 rounds to 0
+        kernel[:, :3] *= -1.0
+        model.head.kernel.assign(kernel)
+        keep = y[:BATCH] != 3
+        model.train_on_batch(x[:BATCH][keep], y[:BATCH][keep])
+        column = model.head.kernel.numpy()[:, 3]
+        assert np.all(column == 0.0) == stays_zero, (grid, column)
 
 
 def test_save_load_round_trip_keeps_predictions_and_state(tmp_path):
     x, y = _data()
-    model = _hybrid_model(8, 16, softmax=True, rounding="stochastic", seed=3)
+    model = _hybrid_model(8, 16, softmax=True, rounding="stochastic", seed=3, grid="paper")
     model.fit(
         x,
         y,
@@ -186,6 +309,7 @@ def test_save_load_round_trip_keeps_predictions_and_state(tmp_path):
         verbose=0,
         callbacks=[CWRStar(model.head, labels=y)],
     )
+    model.calibrate(x, y, batch_size=BATCH)
     y2 = np.where(y == 0, 1, y)
     model.fit(
         x,
@@ -199,23 +323,22 @@ def test_save_load_round_trip_keeps_predictions_and_state(tmp_path):
     model.save(path)
     loaded = tf.keras.models.load_model(path)
     assert isinstance(loaded, HybridQuantizedTrainStep)
-    assert (loaded.forward_bits, loaded.update_bits, loaded.rounding, loaded.seed) == (
-        8,
-        16,
-        "stochastic",
-        3,
-    )
+    own = ("forward_bits", "update_bits", "rounding", "seed", "grid")
+    assert [getattr(loaded, k) for k in own] == [8, 16, "stochastic", 3, "paper"]
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     np.testing.assert_array_equal(
         loaded.head.consolidated_kernel, model.head.consolidated_kernel
     )
     np.testing.assert_array_equal(loaded.head.past_counts, model.head.past_counts)
     np.testing.assert_array_equal(loaded.feature_range, model.feature_range)
-    assert loaded.is_calibrated
+    assert loaded.is_calibrated and loaded.phase == "hybrid"
+    assert loaded.head.consolidated_experiences == 2
+    np.testing.assert_array_equal(
+        loaded._noise_counter.numpy(), model._noise_counter.numpy()
+    )
     again = HybridQuantizedTrainStep.from_config(model.get_config())
-    assert again.forward_bits == 8 and [l.name for l in again.layers] == [
-        l.name for l in model.layers
-    ]
+    assert again.grid == "paper"
+    assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]
 
 
 @pytest.mark.parametrize(
@@ -224,6 +347,7 @@ def test_save_load_round_trip_keeps_predictions_and_state(tmp_path):
         ({"forward_bits": 1}, "forward_bits"),
         ({"update_bits": 32}, "update_bits"),
         ({"rounding": "up"}, "rounding"),
+        ({"grid": "tflite"}, "grid"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -240,15 +364,31 @@ def test_model_without_head_or_with_other_output():
         HybridQuantizedTrainStep(inputs, tf.keras.layers.Dense(2)(logits))
 
 
-def test_momentum_warns():
+def test_momentum_and_other_losses_warn():
     x, y = _data()
     model = _hybrid_model()
+    _end_first_experience(model, y)
+    model.calibrate(x, y)
     model.compile(
         tf.keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy"
     )
-    model.calibrate(x, y)
     with pytest.warns(UserWarning, match="plain SGD"):
         model.train_on_batch(x[:4], y[:4])
+    model.compile(tf.keras.optimizers.SGD(0.01), "mse")
+    with pytest.warns(UserWarning, match="cross-entropy"):
+        model.train_on_batch(x[:4], y[:4])
+
+
+def test_trainable_layers_in_hybrid_phase_raise_before_state_changes():
+    x, y = _data()
+    model = _hybrid_model()
+    model.fit(x, y, verbose=0, callbacks=[CWRStar(model.head, labels=y)])
+    before = [w.copy() for w in model.head.get_weights()]
+    for kwargs in ({"trainable_layers": ["backbone"]}, {"freeze_after_first": False}):
+        with pytest.raises(ValueError, match="updates only the CWR\\* head"):
+            model.fit(x, y, verbose=0, callbacks=[CWRStar(model.head, labels=y, **kwargs)])
+        for old, new in zip(before, model.head.get_weights()):
+            np.testing.assert_array_equal(old, new)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -256,16 +396,23 @@ def test_head_model_on_features_equals_full_model(rounding):
     x, y = _data(96)
     full = _hybrid_model(8, 8, rounding=rounding, seed=11)
     full.fit(
-        x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False
-    )  # float phase + calibration
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[CWRStar(full.head, labels=y)],
+    )
+    full.calibrate(x, y, batch_size=BATCH)
     head = full.head_model()
     head.compile(
-        tf.keras.optimizers.SGD(0.05),
+        tf.keras.optimizers.SGD(LEARNING_RATE),
         tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     np.testing.assert_array_equal(head.feature_range, full.feature_range)
     np.testing.assert_array_equal(head.gradient_range, full.gradient_range)
-    assert head.is_calibrated and isinstance(head.head, CWRStarHead)
+    assert head.is_calibrated and head.phase == "hybrid"
 
     features = full.feature_extractor.predict(x, verbose=0)
     for model, inputs in ((full, x), (head, features)):

@@ -1,0 +1,165 @@
+"""Shared benchmark plumbing: code-keyed caches and Split-CIFAR-10 streams.
+
+Every cached result (a per-seed JSON record, a first-experience network) is keyed by
+`code_hash()`, a hash of the `larq_cwr` sources and of this module, beside the run's
+settings, which name the script and its own hash (`file_hash`): a table in `docs/` is
+always computed by the code at HEAD, never read from a cache written by older code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import larq_cwr  # noqa: F401  isort: skip  (Keras 2 before TensorFlow)
+
+import numpy as np
+
+from larq_cwr.datasets import default_cache_dir, load_cifar10
+from larq_cwr.experiment import (
+    FrozenFeatures,
+    TrainingConfig,
+    build_model,
+    extract_features,
+    train_first_experience,
+)
+from larq_cwr.reporting import write_json
+from larq_cwr.scenarios import make_scenario
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+DEFAULT_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+VALIDATION_FRACTION = 0.1
+SCENARIO_EXPERIENCES = {"nc": 5, "ni": 10}
+
+logger = logging.getLogger("benchmarks")
+
+
+@functools.lru_cache(maxsize=None)
+def code_hash() -> str:
+    """SHA-256 (16 hex digits) of every `larq_cwr` source file and of this module."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "larq_cwr").rglob("*.py")) + [pathlib.Path(__file__)]:
+        digest.update(str(path.resolve().relative_to(ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def file_hash(path: str | pathlib.Path) -> str:
+    """SHA-256 (16 hex digits) of one file: a script's own part of a cache key."""
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+def cached(path: pathlib.Path, settings: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """`compute()`, or the result stored at `path` by the same code and settings."""
+    key = {**settings, "code": code_hash()}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("settings") == key:
+            logger.info("reusing %s", path.name)
+            return stored["result"]
+    result = compute()
+    write_json({"settings": key, "result": result}, path)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A seed's Split-CIFAR-10 stream: training parts, validation, frozen features."""
+
+    scenario: Any  # Scenario of the training parts (validation held out)
+    x_val: np.ndarray
+    y_val: np.ndarray
+    config: TrainingConfig
+    first_weights: list
+    first_seconds: float
+    test: FrozenFeatures  # features of the training parts and of the test set
+    validation: FrozenFeatures  # the same training features, evaluated on validation
+
+
+@functools.lru_cache(maxsize=1)
+def load_cifar(path: pathlib.Path = DEFAULT_CIFAR10):
+    """CIFAR-10 (decoded once, cached by `larq_cwr.datasets`)."""
+    return load_cifar10(path)
+
+
+def split_validation(scenario, seed: int):
+    """Scenario of the training parts, and the pooled validation set."""
+    parts = [
+        e.split_validation(VALIDATION_FRACTION, seed=seed) for e in scenario.experiences
+    ]
+    train = dataclasses.replace(scenario, experiences=tuple(p[0] for p in parts))
+    x_val = np.concatenate([p[1][0] for p in parts])
+    y_val = np.concatenate([p[1][1] for p in parts])
+    return train, x_val, y_val
+
+
+def make_stream(
+    data, scenario_name: str, seed: int, *, first_epochs: int, epochs: int
+) -> Stream:
+    """Scenario, validation split, first-experience network (cached) and features."""
+    config = TrainingConfig(
+        seed=seed, first_epochs=first_epochs, epochs=epochs, backbone="bnn32"
+    )
+    full = make_scenario(
+        scenario_name,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        n_experiences=SCENARIO_EXPERIENCES[scenario_name],
+        seed=seed,
+    )
+    scenario, x_val, y_val = split_validation(full, seed)
+    weights, seconds = first_experience(scenario, config, scenario_name)
+    test = extract_features(scenario, weights, config)
+    extractor = build_model(scenario[0].x_train.shape[1:], scenario.num_classes, config)
+    extractor.set_weights(weights)
+    val_features = extractor.feature_extractor.predict(x_val, batch_size=256, verbose=0)
+    validation = FrozenFeatures(
+        dataclasses.replace(scenario, x_test=x_val, y_test=y_val),
+        test.train,
+        val_features,
+        0.0,
+    )
+    return Stream(scenario, x_val, y_val, config, weights, seconds, test, validation)
+
+
+def first_experience(scenario, config: TrainingConfig, scenario_name: str):
+    """Train (or reload from the user cache, same code only) a seed's first network."""
+    name = (
+        f"split_cifar10_{scenario_name}_seed{config.seed}_epochs{config.first_epochs}_"
+        f"{'-'.join(map(str, scenario.class_order))}_{code_hash()}.npz"
+    )
+    path = default_cache_dir() / "benchmarks" / name
+    if path.exists():
+        with np.load(path, allow_pickle=False) as stored:
+            logger.info("reusing first-experience weights %s", path)
+            count = len(stored.files) - 1
+            return [stored[f"arr_{i}"] for i in range(count)], float(stored["seconds"])
+    weights, seconds = train_first_experience(scenario, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, *weights, seconds=seconds)
+    return weights, seconds
+
+
+def stats(values) -> dict[str, Any]:
+    """Mean, sample standard deviation and the values."""
+    values = np.asarray(values, dtype=float)
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "values": values.tolist(),
+    }
+
+
+def percent(entry: dict[str, Any]) -> str:
+    """``mean ± std`` of a `stats` entry, in percent."""
+    return f"{100 * entry['mean']:.2f} ± {100 * entry['std']:.2f}"
