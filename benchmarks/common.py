@@ -27,6 +27,7 @@ from larq_cwr.experiment import (
     TrainingConfig,
     build_model,
     extract_features,
+    load_architecture_weights,
     train_first_experience,
 )
 from larq_cwr.reporting import write_json
@@ -119,10 +120,12 @@ def make_stream(
     )
     scenario, x_val, y_val = split_validation(full, seed)
     weights, seconds = first_experience(scenario, config, scenario_name)
-    test = extract_features(scenario, weights, config)
-    extractor = build_model(scenario[0].x_train.shape[1:], scenario.num_classes, config)
-    extractor.set_weights(weights)
-    val_features = extractor.feature_extractor.predict(x_val, batch_size=256, verbose=0)
+    test = extract_features(scenario, weights, config=config)
+    extractor = build_model(
+        scenario[0].x_train.shape[1:], scenario.num_classes, config=config
+    )
+    load_architecture_weights(extractor, weights)
+    val_features = extractor.latent_extractor.predict(x_val, batch_size=256, verbose=0)
     validation = FrozenFeatures(
         dataclasses.replace(scenario, x_test=x_val, y_test=y_val),
         test.train,

@@ -28,7 +28,7 @@ import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from larq_cwr.experiment import build_model, versions
+from larq_cwr.experiment import build_model, load_architecture_weights, versions
 from larq_cwr.head import consolidate_kernel, reset_kernel
 from larq_cwr.reporting import format_table, write_json
 from larq_cwr.training import hybrid_sgd_step
@@ -59,10 +59,12 @@ class HeadStream:
 
     def __init__(self, features, first_weights, config):
         model = build_model(
-            features.scenario[0].x_train.shape[1:], features.scenario.num_classes, config
+            features.scenario[0].x_train.shape[1:],
+            features.scenario.num_classes,
+            config=config,
         )
-        model.set_weights(first_weights)
-        head = model.head_model()
+        load_architecture_weights(model, first_weights)
+        head = model.upper_model()
         head.compile(tf.keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
         first = features.experience(0)
         head.calibrate(first.x_train, first.y_train, batch_size=BATCH)

@@ -42,6 +42,7 @@ from larq_cwr.experiment import (
     TrainingConfig,
     Variant,
     build_model,
+    load_architecture_weights,
     run_stream,
     train_joint,
     versions,
@@ -114,10 +115,13 @@ def time_head_steps(stream, learning_rate, *, batches=200, repeats=7):
     models = {}
     for name, variant in names.items():
         model = build_model(
-            scenario[1].x_train.shape[1:], scenario.num_classes, config, variant
+            scenario[1].x_train.shape[1:],
+            scenario.num_classes,
+            config=config,
+            variant=variant,
         )
-        model.set_weights(stream.first_weights)
-        head = model.head_model()
+        load_architecture_weights(model, stream.first_weights)
+        head = model.upper_model()
         for m in (model, head):
             m.compile(
                 tf.keras.optimizers.SGD(learning_rate),
@@ -185,9 +189,10 @@ def run_seed(data, scenario_name, seed, args):
         for variant in (Variant.cwr(), *VARIANTS, NAIVE):
             rate = rates[1] if variant.strategy == "naive" else rates[0]
             trial = dataclasses.replace(config, learning_rate=rate)
-            summary = run_stream(
-                stream.test, stream.first_weights, variant, trial
-            ).summary()
+            result = run_stream(
+                stream.test, variant, first_weights=stream.first_weights, config=trial
+            )
+            summary = result.summary()
             record[key][variant.name] = {name: summary[name] for name in SUMMARY_KEYS}
             logger.info(
                 "seed %d %s %s %s (lr %g): final %.4f",

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import pathlib
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import larq as lq
 import numpy as np
@@ -27,7 +27,10 @@ __all__ = [
     "BACKBONE_NAMES",
     "BACKBONE_SPECS",
     "BackboneSpec",
+    "block_input_layer",
     "build_backbone",
+    "layer_output",
+    "rerun_graph",
     "save_backbone",
     "split_backbone",
     "split_points",
@@ -194,6 +197,46 @@ def save_backbone(backbone: tf.keras.Model, path: str | os.PathLike) -> pathlib.
     return path
 
 
+def block_input_layer(backbone: tf.keras.Model, blocks: int) -> str:
+    """The layer whose output feeds the ``blocks``-th binary block from the top.
+
+    Cutting there (``split_backbone``) leaves the last ``blocks`` binary residual blocks,
+    with the full-precision transitions between them, in the upper part; ``blocks=0``
+    gives the pooled features (the last split point).
+
+    Args:
+        backbone: A model from ``build_backbone``.
+        blocks: Int in ``[0, number of binary blocks]``.
+
+    Returns:
+        A layer name ``split_backbone`` accepts.
+
+    Raises:
+        ValueError: ``blocks`` out of range.
+
+    Example:
+        >>> import larq_cwr.backbones as backbones
+        >>> model = backbones.build_backbone("bnn32", input_shape=(16, 16, 1))
+        >>> lower, upper = backbones.split_backbone(model, block_input_layer(model, 2))
+        >>> lower.output_shape, upper.output_shape
+        ((None, 2, 2, 256), (None, 256))
+    """
+    binary = [
+        layer for layer in backbone.layers if isinstance(layer, lq.layers.QuantConv2D)
+    ]
+    if isinstance(blocks, bool) or not isinstance(blocks, int):
+        raise ValueError(f"`blocks` must be an int; got {blocks!r}.")
+    if not 0 <= blocks <= len(binary):
+        raise ValueError(
+            f"`blocks`={blocks} is out of range; {backbone.name!r} has {len(binary)} "
+            "binary blocks."
+        )
+    if blocks == 0:
+        return split_points(backbone)[-1]
+    conv = binary[-blocks]
+    return conv.input._keras_history.layer.name
+
+
 def split_points(backbone: tf.keras.Model) -> list[str]:
     """Names of the split points ``latent_0``, ``latent_1``, ..., from input to output.
 
@@ -251,10 +294,10 @@ def split_backbone(
             f"`layer_name`={layer_name!r} is not a layer of {backbone.name!r}; its split "
             f"points are {split_points(backbone)}."
         )
-    latent = _node_output(backbone, layer_name)
+    latent = layer_output(backbone, layer_name)
     lower = tf.keras.Model(backbone.inputs, latent, name=f"{backbone.name}_lower")
     upper_input = tf.keras.Input(shape=latent.shape[1:], name=f"{layer_name}_input")
-    upper_output = _rerun_graph(backbone, latent, upper_input)
+    upper_output = rerun_graph(backbone, latent, upper_input)
     if upper_output is None:
         raise ValueError(
             f"Cannot split {backbone.name!r} at {layer_name!r}: some paths from input to "
@@ -384,7 +427,7 @@ def _zoo_quicknet(spec: BackboneSpec, x: tf.Tensor, shape: tuple[int, ...]) -> t
         section_filters=spec.section_filters,
         section_blocks=spec.section_blocks,
     ).build()
-    return _rerun_graph(zoo_model, zoo_model.inputs[0], x)
+    return rerun_graph(zoo_model, zoo_model.inputs[0], x)
 
 
 class _SplitPointMarker:
@@ -410,7 +453,7 @@ class _Reused(list):
         return self[index]
 
 
-def _node_output(model: tf.keras.Model, layer_name: str) -> tf.Tensor:
+def layer_output(model: tf.keras.Model, layer_name: str) -> tf.Tensor:
     """Output of ``model``'s own call of a layer (a shared layer may have other calls)."""
     for nodes in model._nodes_by_depth.values():
         for node in nodes:
@@ -419,13 +462,32 @@ def _node_output(model: tf.keras.Model, layer_name: str) -> tf.Tensor:
     raise ValueError(f"Layer {layer_name!r} is not called in model {model.name!r}.")
 
 
-def _rerun_graph(
-    model: tf.keras.Model, start: tf.Tensor, new_input: tf.Tensor
+def rerun_graph(
+    model: tf.keras.Model,
+    start: tf.Tensor,
+    new_input: tf.Tensor,
+    *,
+    on_output: Callable[[tf.keras.layers.Layer, tf.Tensor], tf.Tensor] | None = None,
+    expand_nested: bool = False,
+    **call_kwargs: Any,
 ) -> tf.Tensor | None:
     """Calls ``model``'s layers downstream of tensor ``start`` on ``new_input`` instead.
 
     Walks the functional graph as tf-keras' `Functional._run_internal_graph` does, from the
     deepest nodes to the output, skipping nodes that need tensors upstream of ``start``.
+    The layers are shared, not copied.
+
+    Args:
+        model: A functional model with one output.
+        start: A tensor of ``model``'s graph (an input or a layer's output).
+        new_input: What replaces ``start``: a symbolic ``tf.keras.Input`` (to build a new
+            functional model) or a concrete tensor (to run the layers).
+        on_output: Called as ``on_output(layer, output)`` on every layer's output; what it
+            returns goes on instead (to quantize activations, or to record them).
+        expand_nested: Walk into nested functional models (single input) instead of
+            calling them, so that ``on_output`` sees their layers too.
+        **call_kwargs: Passed to every layer call: ``training=False`` (Keras hands it
+            on to the layers that take it).
 
     Returns:
         The new output tensor, or None when the output depends on tensors upstream of
@@ -437,8 +499,25 @@ def _rerun_graph(
             if node.is_input or any(i not in values for i in node.flat_input_ids):
                 continue
             args, kwargs = node.map_arguments(values)
-            outputs = node.layer(*args, **kwargs)
+            layer = node.layer
+            if expand_nested and _is_functional(layer):
+                outputs = rerun_graph(
+                    layer,
+                    layer.inputs[0],
+                    args[0],
+                    on_output=on_output,
+                    expand_nested=True,
+                    **call_kwargs,
+                )
+            else:
+                outputs = layer(*args, **{**kwargs, **call_kwargs})
+                if on_output is not None:
+                    outputs = on_output(layer, outputs)
             for output_id, value in zip(node.flat_output_ids, tf.nest.flatten(outputs)):
                 values[output_id] = _Reused([value])
     output_id = str(id(model.outputs[0]))
     return values[output_id][0] if output_id in values else None
+
+
+def _is_functional(layer: tf.keras.layers.Layer) -> bool:
+    return isinstance(layer, tf.keras.Model) and hasattr(layer, "_nodes_by_depth")

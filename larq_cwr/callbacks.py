@@ -74,13 +74,17 @@ class CWRStar(tf.keras.callbacks.Callback):
         labels: Training labels of this experience, to count classes from (give
             either this or ``class_counts``).
         trainable_layers: Names of layers (besides the head) that keep training after
-            the first experience, e.g. the last blocks for AR1*-style training.
+            the first experience, e.g. the last blocks for AR1*-style training (with
+            ``HybridQuantizedTrainStep``: layers above its ``latent_layer``, trained
+            with quantized back-propagation). With a replay memory in the model, the
+            class counts include its patterns (METHOD §2).
         freeze_after_first: Freeze the non-head layers from the second experience on.
 
     Raises:
         ValueError: Both or neither of ``class_counts`` and ``labels``, or invalid counts;
             at ``fit``, before any state changes: ``trainable_layers`` naming no layer of
-            the model, or given for the hybrid phase of ``HybridQuantizedTrainStep``.
+            the model or, in the hybrid phase of ``HybridQuantizedTrainStep``, a layer
+            below its ``latent_layer``.
 
     Example:
         `model.fit(x, y, epochs=5, callbacks=[CWRStar(head, labels=y)])`
@@ -143,12 +147,16 @@ class CWRStar(tf.keras.callbacks.Callback):
                 "begins.",
                 stacklevel=2,
             )
-        self.head.begin_experience(self.class_counts)
+        counts = self.class_counts
+        replay = getattr(self.model, "replay", None)
+        if replay is not None and len(replay):
+            counts = counts + replay.class_counts()  # METHOD §2: replayed patterns count
+        self.head.begin_experience(counts)
         if not first and self.freeze_after_first:
             self._freeze_all_but_head()
         logger.info(
             "CWR* experience begins: classes %s, %s trainable variables.",
-            np.flatnonzero(self.class_counts).tolist(),
+            np.flatnonzero(counts).tolist(),
             len(self.model.trainable_variables),
         )
 
@@ -168,12 +176,25 @@ class CWRStar(tf.keras.callbacks.Callback):
             )
         if getattr(self.model, "phase", None) != "hybrid":
             return
-        if self.trainable_layers or not self.freeze_after_first:
+        if not self.freeze_after_first:
             raise ValueError(
-                "The hybrid phase of HybridQuantizedTrainStep updates only the CWR* head: "
-                f"`trainable_layers`={list(self.trainable_layers)} and "
-                f"`freeze_after_first`={self.freeze_after_first} would train nothing "
-                "else. Train other layers with a plain `tf.keras.Model` (float CWR*)."
+                "The hybrid phase of HybridQuantizedTrainStep trains only the CWR* head "
+                "and the layers above its `latent_layer`: `freeze_after_first=False` "
+                "would train nothing else. Name the layers with `trainable_layers`."
+            )
+        blocks = getattr(self.model, "_blocks", None)
+        outside = [
+            name
+            for name in self.trainable_layers
+            if blocks is None or not blocks.contains(_find_layer(self.model, name))
+        ]
+        if outside:
+            raise ValueError(
+                f"`trainable_layers` names {outside}, which the hybrid phase of "
+                "HybridQuantizedTrainStep cannot train: it trains the CWR* head and the "
+                "layers above the model's `latent_layer`="
+                f"{getattr(self.model, 'latent_layer', None)!r}. Build the model with a "
+                "`latent_layer` below them, or train them with a plain `tf.keras.Model`."
             )
 
     def _freeze_all_but_head(self) -> None:
@@ -183,6 +204,10 @@ class CWRStar(tf.keras.callbacks.Callback):
         # fit() built its train function before on_train_begin: rebuild it so the new
         # set of trainable variables takes effect without recompiling.
         self.model.train_function = self.model.make_train_function(force=True)
+
+
+def _find_layer(model: tf.keras.Model, name: str) -> tf.keras.layers.Layer:
+    return next(layer for layer in _all_layers(model) if layer.name == name)
 
 
 def _all_layers(layer: tf.keras.layers.Layer) -> list[tf.keras.layers.Layer]:

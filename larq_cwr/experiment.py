@@ -17,24 +17,33 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from larq_cwr._checks import check_choice, check_optional_bits
-from larq_cwr.backbones import build_backbone
+from larq_cwr._checks import (
+    check_choice,
+    check_optional_bits,
+    check_positive_int,
+    check_positive_number,
+)
+from larq_cwr.backbones import block_input_layer, build_backbone, split_backbone
 from larq_cwr.callbacks import CWRStar
 from larq_cwr.head import CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
 from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES
+from larq_cwr.replay import STORAGES, LatentBinarization, LatentReplayMemory
 from larq_cwr.scenarios import Experience, Scenario
-from larq_cwr.training import HybridQuantizedTrainStep
+from larq_cwr.training import DEFAULT_REPLAY_BATCH_SIZE, HybridQuantizedTrainStep
 
 __all__ = [
-    "ExperimentConfig",
-    "TrainingConfig",
+    "LATENT_LAYER",
     "NAIVE",
+    "ExperimentConfig",
+    "FrozenFeatures",
+    "TrainingConfig",
     "Variant",
     "VariantResult",
-    "FrozenFeatures",
+    "architecture_weights",
     "build_model",
     "extract_features",
+    "load_architecture_weights",
     "run_experiment",
     "run_stream",
     "train_first_experience",
@@ -51,6 +60,8 @@ DEFAULT_EPOCHS = 5
 DEFAULT_FIRST_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_FIRST_LEARNING_RATE = 1e-3  # Adam, for training the binary net from scratch
+DEFAULT_REPLAY_SIZE = 300  # METHOD §5: 300 slots on CIFAR-10
+REPLAY_STORAGES = ("none", *STORAGES)
 
 CallbackFactory = Callable[[str, int, int], Sequence[tf.keras.callbacks.Callback]]
 
@@ -63,10 +74,18 @@ class Variant:
         name: Label used in reports.
         strategy: ``"cwr"`` (CWR* consolidation) or ``"naive"`` (the head keeps
             fine-tuning, no reset or consolidation: the lower bound).
-        forward_bits: Forward bits of the hybrid head update, None for float.
+        forward_bits: Forward bits of the hybrid update, None for float.
         update_bits: Stored-weight bits of the hybrid head update, None for float.
         rounding: ``"nearest"`` or ``"stochastic"`` rounding of the stored update.
         grid: Quantization grid, ``"zero_exact"`` (METHOD §3 default) or ``"paper"``.
+        replay: Latent replay memory storage: ``"none"``, ``"float32"``, ``"int8"`` or
+            ``"1bit"`` (METHOD §5); the latent layer is the run's split point
+            (``TrainingConfig.trainable_blocks``).
+        replay_size: Slots of the replay memory.
+        train_blocks: Train the blocks above the split point too (quantized
+            back-propagation), not only the head.
+        backward_bits: Bits of the gradients back-propagated through the blocks (q_b),
+            None for float.
     """
 
     name: str
@@ -75,6 +94,10 @@ class Variant:
     update_bits: int | None = None
     rounding: str = "nearest"
     grid: str = DEFAULT_GRID
+    replay: str = "none"
+    replay_size: int = DEFAULT_REPLAY_SIZE
+    train_blocks: bool = False
+    backward_bits: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.strategy, STRATEGY_NAMES, "strategy")
@@ -82,6 +105,9 @@ class Variant:
         check_optional_bits(self.update_bits, "update_bits")
         check_choice(self.rounding, ROUNDING_MODES, "rounding")
         check_choice(self.grid, GRIDS, "grid")
+        check_choice(self.replay, REPLAY_STORAGES, "replay")
+        check_positive_int(self.replay_size, "replay_size")
+        check_optional_bits(self.backward_bits, "backward_bits")
 
     @classmethod
     def cwr(
@@ -91,18 +117,38 @@ class Variant:
         *,
         rounding: str = "nearest",
         grid: str = DEFAULT_GRID,
+        replay: str = "none",
+        replay_size: int = DEFAULT_REPLAY_SIZE,
+        train_blocks: bool = False,
+        backward_bits: int | None = None,
     ) -> "Variant":
-        """A CWR* variant named after its precision, e.g. ``cwr_8_16`` or ``cwr_float``;
-        a non-default rounding or grid is appended (``cwr_8_8_stochastic_paper``)."""
+        """A CWR* variant named after its settings, e.g. ``cwr_8_16``, ``cwr_float`` or
+        ``cwr_8_16_replay-1bit-300_blocks-qb16``; a non-default rounding or grid is
+        appended (``cwr_8_8_stochastic_paper``)."""
         if forward_bits is None and update_bits is None:
             name = "cwr_float"
         else:
             name = f"cwr_{forward_bits or 'f'}_{update_bits or 'f'}"
-            if rounding != "nearest":
-                name += f"_{rounding}"
-            if grid != DEFAULT_GRID:
-                name += f"_{grid}"
-        return cls(name, "cwr", forward_bits, update_bits, rounding, grid)
+        if rounding != "nearest":
+            name += f"_{rounding}"
+        if grid != DEFAULT_GRID:
+            name += f"_{grid}"
+        if replay != "none":
+            name += f"_replay-{replay}-{replay_size}"
+        if train_blocks:
+            name += f"_blocks-qb{backward_bits or 'f'}"
+        return cls(
+            name,
+            "cwr",
+            forward_bits,
+            update_bits,
+            rounding,
+            grid,
+            replay,
+            replay_size,
+            train_blocks,
+            backward_bits,
+        )
 
 
 NAIVE = Variant("naive", "naive")
@@ -119,8 +165,14 @@ class TrainingConfig:
         first_learning_rate: Adam learning rate of the first experience.
         epochs: Epochs of each later experience (head only).
         learning_rate: SGD learning rate of the head in later experiences.
-        batch_size: Minibatch size.
-        seed: Seed of initialization, shuffling and stochastic rounding.
+        batch_size: Minibatch size (new patterns per step).
+        seed: Seed of initialization, shuffling, replay and stochastic rounding.
+        trainable_blocks: The split point: the latent layer is the input of the
+            ``trainable_blocks``-th binary block from the top (0: the pooled features,
+            the head's input). Replay keeps latents there; variants with
+            ``train_blocks`` train the layers above it.
+        replay_batch_size: Replayed latents appended to each step's batch.
+        block_learning_rate: SGD learning rate of trained blocks (None: the head's).
     """
 
     backbone: str = "bnn32"
@@ -131,16 +183,27 @@ class TrainingConfig:
     learning_rate: float = DEFAULT_HEAD_LEARNING_RATE
     batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
+    trainable_blocks: int = 0
+    replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE
+    block_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("first_epochs", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+        for name in ("first_epochs", "epochs", "batch_size", "replay_batch_size"):
+            check_positive_int(getattr(self, name), name)
         for name in ("first_learning_rate", "learning_rate"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive number; got {value!r}.")
+            check_positive_number(getattr(self, name), name)
+        if self.block_learning_rate is not None:
+            check_positive_number(self.block_learning_rate, "block_learning_rate")
+        if isinstance(self.trainable_blocks, bool) or not isinstance(
+            self.trainable_blocks, int
+        ):
+            raise ValueError(
+                f"`trainable_blocks` must be an int >= 0; got {self.trainable_blocks!r}."
+            )
+        if self.trainable_blocks < 0:
+            raise ValueError(
+                f"`trainable_blocks` must be an int >= 0; got {self.trainable_blocks}."
+            )
 
 
 @dataclasses.dataclass
@@ -167,23 +230,44 @@ class VariantResult:
         }
 
 
+LATENT_LAYER = "latent"  # name of the LatentBinarization layer at the split point
+
+
 def build_model(
     input_shape: Sequence[int],
     num_classes: int,
+    *,
     config: TrainingConfig,
     variant: Variant | None = None,
 ) -> HybridQuantizedTrainStep:
     """Backbone + ``CWRStarHead`` as a ``HybridQuantizedTrainStep`` for ``variant``.
 
-    Every call builds the same architecture (same weight order), so weights of one
-    model load into another with ``set_weights``.
+    The backbone is cut at the split point of ``config.trainable_blocks`` with a
+    ``LatentBinarization`` layer (named ``"latent"``, identity until a 1-bit replay
+    memory enables it) between the parts, the model's ``latent_layer``. Every call
+    builds the same architecture, so ``architecture_weights`` of one model load into
+    another, whatever the variant's replay memory.
     """
     variant = variant or Variant.cwr()
     backbone = build_backbone(
         config.backbone, input_shape=tuple(input_shape), weights=config.backbone_weights
     )
+    lower, upper = split_backbone(
+        backbone, block_input_layer(backbone, config.trainable_blocks)
+    )
     inputs = tf.keras.Input(tuple(input_shape), name="image")
-    logits = CWRStarHead(num_classes, name="cwr_head")(backbone(inputs))
+    latents = LatentBinarization(name=LATENT_LAYER)(lower(inputs))
+    logits = CWRStarHead(num_classes, name="cwr_head")(upper(latents))
+    memory = None
+    if variant.replay != "none":
+        memory = LatentReplayMemory(
+            variant.replay_size,
+            num_classes,
+            storage=variant.replay,
+            seed=config.seed,
+            latent_shape=tuple(latents.shape[1:]),
+            name="replay",
+        )
     return HybridQuantizedTrainStep(
         inputs,
         logits,
@@ -192,8 +276,36 @@ def build_model(
         rounding=variant.rounding,
         grid=variant.grid,
         seed=config.seed,
+        backward_bits=variant.backward_bits,
+        latent_layer=LATENT_LAYER,
+        replay=memory,
+        replay_batch_size=config.replay_batch_size,
+        block_learning_rate=config.block_learning_rate,
         name=f"{config.backbone}_{variant.name}",
     )
+
+
+def architecture_weights(model: HybridQuantizedTrainStep) -> list[tf.Variable]:
+    """The model's weights without its replay memory's (the same for every variant)."""
+    if model.replay is None:
+        return list(model.weights)
+    memory = {id(weight) for weight in model.replay.weights}
+    return [weight for weight in model.weights if id(weight) not in memory]
+
+
+def load_architecture_weights(
+    model: HybridQuantizedTrainStep, weights: Sequence[np.ndarray]
+) -> None:
+    """Assign ``weights`` (from ``architecture_weights`` of a model of the same
+    architecture) to ``model``; its replay memory is left as it is."""
+    variables = architecture_weights(model)
+    if len(variables) != len(weights):
+        raise ValueError(
+            f"`weights` has {len(weights)} arrays; expected {len(variables)} for "
+            f"{model.name!r}."
+        )
+    for variable, value in zip(variables, weights):
+        variable.assign(value)
 
 
 def _compile(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer) -> None:
@@ -241,7 +353,7 @@ def train_first_experience(
     model, seconds = _train_whole_network(
         scenario[0], scenario.num_classes, config, "first", callbacks
     )
-    return model.get_weights(), seconds
+    return [weight.numpy() for weight in architecture_weights(model)], seconds
 
 
 def _train_whole_network(
@@ -253,7 +365,7 @@ def _train_whole_network(
 ) -> tuple[HybridQuantizedTrainStep, float]:
     """Float training of backbone and head (Adam) as one CWR* experience."""
     tf.keras.utils.set_random_seed(config.seed)
-    model = build_model(experience.x_train.shape[1:], num_classes, config)
+    model = build_model(experience.x_train.shape[1:], num_classes, config=config)
     _compile(model, tf.keras.optimizers.Adam(config.first_learning_rate))
     extra = callbacks(label, 0, config.first_epochs) if callbacks else []
     seconds = _fit(
@@ -268,8 +380,8 @@ def _train_whole_network(
 
 @dataclasses.dataclass(frozen=True)
 class FrozenFeatures:
-    """Head-input features of every experience and of the test set, computed once with
-    the backbone frozen after the first experience (inference mode)."""
+    """Latents (at the split point) of every experience and of the test set, computed
+    once with the part below frozen after the first experience (inference mode)."""
 
     scenario: Scenario
     train: tuple[np.ndarray, ...]
@@ -277,21 +389,25 @@ class FrozenFeatures:
     seconds: float
 
     def experience(self, index: int) -> Experience:
-        """Experience ``index`` with its images replaced by their features."""
+        """Experience ``index`` with its images replaced by their latents."""
         return dataclasses.replace(self.scenario[index], x_train=self.train[index])
 
 
 def extract_features(
-    scenario: Scenario, first_weights: list[np.ndarray], config: TrainingConfig
+    scenario: Scenario,
+    first_weights: list[np.ndarray],
+    *,
+    config: TrainingConfig,
 ) -> FrozenFeatures:
-    """Run the frozen backbone of the first-experience model over all the stream's data.
+    """Run the frozen part below the split point over all the stream's data.
 
-    After the first experience the backbone no longer changes and runs in inference
-    mode, so its features can be computed once and shared by every variant.
+    After the first experience the part below the split point no longer changes and
+    runs in inference mode, so its latents (the head's features when
+    ``config.trainable_blocks`` is 0) are computed once and shared by every variant.
     """
-    model = build_model(scenario[0].x_train.shape[1:], scenario.num_classes, config)
-    model.set_weights(first_weights)
-    extractor = model.feature_extractor
+    model = build_model(scenario[0].x_train.shape[1:], scenario.num_classes, config=config)
+    load_architecture_weights(model, first_weights)
+    extractor = model.latent_extractor
     start = time.perf_counter()
     batch = max(config.batch_size, 256)
     train = tuple(
@@ -302,24 +418,32 @@ def extract_features(
     return FrozenFeatures(scenario, train, test, time.perf_counter() - start)
 
 
+def _binarize(latents: np.ndarray) -> np.ndarray:
+    """Signs as ``LatentBinarization`` computes them (0 maps to +1)."""
+    return np.where(latents >= 0, 1.0, -1.0).astype(np.float32)
+
+
 def run_stream(
     features: FrozenFeatures,
-    first_weights: list[np.ndarray],
     variant: Variant,
-    config: TrainingConfig,
     *,
+    first_weights: list[np.ndarray],
+    config: TrainingConfig,
     callbacks: CallbackFactory | None = None,
 ) -> VariantResult:
     """Learn experiences 1.. with ``variant`` from the shared first experience.
 
-    The head trains on the frozen features with ``model.fit`` (plus ``CWRStar`` for
-    CWR* variants) in a ``head_model()`` copy, evaluated on the test set after each
-    experience; the final head state is loaded back into the full model.
+    The part above the split point (the head, and the trained blocks of
+    ``variant.train_blocks``) trains on the frozen latents with ``model.fit`` (plus
+    ``CWRStar`` for CWR* variants) in the model's ``upper_model()``, which shares its
+    layers; after each experience it is evaluated on the test set and, with replay,
+    the experience's latents go to the memory (experience 0's first). A 1-bit memory
+    binarizes live latents from the start of experience 1 (``LatentBinarization``).
 
     Args:
         features: ``extract_features`` output (shared by variants).
+        variant: How the later experiences are learned.
         first_weights: Weights from ``train_first_experience`` (shared by variants).
-        variant: How the head learns.
         config: Hyper-parameters.
         callbacks: Optional factory ``(variant name, experience, epochs) -> callbacks``
             (progress bars).
@@ -330,34 +454,60 @@ def run_stream(
     tf.keras.utils.set_random_seed(config.seed)
     scenario = features.scenario
     model = build_model(
-        scenario[0].x_train.shape[1:], scenario.num_classes, config, variant
+        scenario[0].x_train.shape[1:], scenario.num_classes, config=config, variant=variant
     )
-    model.set_weights(first_weights)
-    head = model.head_model()
-    first = features.experience(0)
+    load_architecture_weights(model, first_weights)
+    binary = variant.replay == "1bit"
+    if binary:
+        model.get_layer(LATENT_LAYER).enable()
+    latents = [_binarize(x) if binary else x for x in features.train]
+    test = _binarize(features.test) if binary else features.test
+    upper = model.upper_model()
+    _compile(upper, tf.keras.optimizers.SGD(config.learning_rate))
+    first = scenario[0]
     # Static ranges from experience 0: the gradient range tracked while training it
-    # (in `first_weights`) widened by a pass over its features.
-    _compile(head, tf.keras.optimizers.SGD(config.learning_rate))
-    head.calibrate(first.x_train, first.y_train, batch_size=config.batch_size)
+    # (in `first_weights`) widened by a pass over its latents.
+    upper.calibrate(latents[0], first.y_train, batch_size=config.batch_size)
+    if upper.replay is not None:
+        upper.remember(latents[0], first.y_train, batch_size=1024)
+    blocks = _block_layer_names(upper) if variant.train_blocks else []
     accuracy = _new_accuracy(scenario)
-    accuracy.update(
-        0, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0)
-    )
+    accuracy.update(0, scenario.y_test, upper.predict(test, batch_size=1024, verbose=0))
     fit_seconds = []
     for index in range(1, len(scenario)):
-        experience = features.experience(index)
+        experience = dataclasses.replace(scenario[index], x_train=latents[index])
         extra = list(callbacks(variant.name, index, config.epochs)) if callbacks else []
         if variant.strategy == "cwr":
-            extra.insert(0, CWRStar(head.head, class_counts=experience.class_counts))
-        # Naive fine-tuning: the same head-only update without reset or consolidation.
+            cwr = CWRStar(
+                upper.head, class_counts=experience.class_counts, trainable_layers=blocks
+            )
+            extra.insert(0, cwr)
+        else:  # naive fine-tuning: the same update without reset or consolidation
+            _train_only(upper, blocks)
         fit_seconds.append(
-            _fit(head, experience, epochs=config.epochs, config=config, callbacks=extra)
+            _fit(upper, experience, epochs=config.epochs, config=config, callbacks=extra)
         )
-        accuracy.update(
-            index, scenario.y_test, head.predict(features.test, batch_size=1024, verbose=0)
-        )
-    model.load_head_state(head)
+        if upper.replay is not None:
+            upper.remember(experience.x_train, experience.y_train, batch_size=1024)
+        predictions = upper.predict(test, batch_size=1024, verbose=0)
+        accuracy.update(index, scenario.y_test, predictions)
+    model.load_head_state(upper)
     return VariantResult(variant, accuracy, fit_seconds, model)
+
+
+def _block_layer_names(upper: HybridQuantizedTrainStep) -> list[str]:
+    """Layers with weights between the latent input and the head."""
+    return [
+        layer.name
+        for layer in upper.layers
+        if layer.weights and layer is not upper.head and layer is not upper.replay
+    ]
+
+
+def _train_only(model: tf.keras.Model, names: Sequence[str]) -> None:
+    for layer in model.layers:
+        if layer is not getattr(model, "replay", None):
+            layer.trainable = layer is model.head or layer.name in names
 
 
 def train_joint(
@@ -459,11 +609,15 @@ def run_experiment(
     first_weights, first_seconds = train_first_experience(
         scenario, config.training, callbacks=callbacks
     )
-    features = extract_features(scenario, first_weights, config.training)
+    features = extract_features(scenario, first_weights, config=config.training)
     results = {}
     for variant in config.variants:
         results[variant.name] = run_stream(
-            features, first_weights, variant, config.training, callbacks=callbacks
+            features,
+            variant,
+            first_weights=first_weights,
+            config=config.training,
+            callbacks=callbacks,
         )
     report: dict[str, Any] = {
         "config": config.to_dict(),

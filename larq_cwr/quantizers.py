@@ -30,6 +30,7 @@ from larq_cwr._checks import check_bits, check_choice
 
 __all__ = [
     "DEFAULT_GRID",
+    "counter_uniform",
     "FakeQuantizer",
     "GRIDS",
     "deserialize",
@@ -123,6 +124,56 @@ def _round(values: tf.Tensor, noise: tf.Tensor | None) -> tf.Tensor:
         return tf.round(values)  # half to even, as METHOD §3 asks
     # E[floor(v + u)] = v for u ~ U[0, 1): unbiased; a value on the grid stays put.
     return tf.floor(values + tf.cast(noise, values.dtype))
+
+
+_HASH_MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # lowbias32 (C. Wellons, "hash-prospector")
+
+
+def _hash_u32(x: tf.Tensor) -> tf.Tensor:
+    """The lowbias32 integer hash on uint32, with xor, logical shift and multiply only
+    (TFLite has builtins for these; not for bitwise-and or left shift)."""
+    for shift, multiplier in zip((16, 15), _HASH_MULTIPLIERS):
+        x = tf.bitwise.bitwise_xor(
+            x, tf.bitwise.right_shift(x, tf.constant(shift, tf.uint32))
+        )
+        x = x * tf.constant(multiplier, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def counter_uniform(shape: Any, *, seed: Any, counter: Any) -> tf.Tensor:
+    """Uniform ``[0, 1)`` float32 noise of ``shape`` from a counter-based hash.
+
+    Element ``i`` is ``hash(hash((counter + i) ^ hash(seed))) >> 8`` scaled by ``2^-24``
+    (24 bits: exact in float32), so draw ``k`` of a stream is fixed by ``(seed,
+    counter)`` alone: the caller advances ``counter`` by the number of values drawn and
+    saves it, and a restored model continues the same stream. Written with TFLite
+    builtin ops only, it gives bit-identical values in TensorFlow and in an exported
+    TFLite model (stochastic rounding on the device, ``larq_cwr.export``).
+
+    Args:
+        shape: 1-D int shape.
+        seed: int32 scalar.
+        counter: int32 scalar (wraps modulo 2^32).
+
+    Returns:
+        A float32 tensor of ``shape``.
+
+    Example:
+        >>> import larq_cwr
+        >>> a = counter_uniform([4], seed=1, counter=0).numpy()
+        >>> b = counter_uniform([2], seed=1, counter=2).numpy()
+        >>> bool((a[2:] == b).all()), bool(((0 <= a) & (a < 1)).all())
+        (True, True)
+    """
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    size = tf.reduce_prod(shape)
+    start = tf.bitcast(tf.cast(counter, tf.int32), tf.uint32)
+    index = tf.bitcast(tf.range(size, dtype=tf.int32), tf.uint32) + start
+    key = tf.bitwise.bitwise_xor(
+        index, _hash_u32(tf.bitcast(tf.cast(seed, tf.int32), tf.uint32))
+    )
+    bits = tf.bitwise.right_shift(_hash_u32(_hash_u32(key)), tf.constant(8, tf.uint32))
+    return tf.reshape(tf.cast(bits, tf.float32) * (1.0 / 16777216.0), shape)
 
 
 def _straight_through(forward: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:

@@ -34,7 +34,14 @@ import tensorflow as tf
 
 from larq_cwr._checks import check_choice
 
-__all__ = ["LatentReplayMemory", "POLICIES", "STORAGES", "pack_bits", "unpack_bits"]
+__all__ = [
+    "LatentBinarization",
+    "LatentReplayMemory",
+    "POLICIES",
+    "STORAGES",
+    "pack_bits",
+    "unpack_bits",
+]
 
 POLICIES = ("class_balanced", "random")  # METHOD §5
 STORAGES = ("float32", "int8", "1bit")  # METHOD §5: 1-bit packed latents, 32x smaller
@@ -566,3 +573,57 @@ class LatentReplayMemory(tf.keras.layers.Layer):
             **own,
             "latent_shape": list(self.latent_shape) or None,
         }
+
+
+@tf.keras.utils.register_keras_serializable(package="larq_cwr")
+class LatentBinarization(tf.keras.layers.Layer):
+    """Identity until enabled, then the sign of its input (METHOD §5).
+
+    Put it at the latent layer of a network whose latents a 1-bit replay memory keeps.
+    The first experience trains the network with it disabled (real-valued latents);
+    once enabled (``HybridQuantizedTrainStep.remember`` enables it before storing 1-bit
+    latents) live latents are binarized exactly as stored ones are decoded, so new and
+    replayed data match, also where the latent feeds a real-valued residual path. The
+    switch is a layer weight, so saved models keep it. The sign maps 0 to +1, as
+    ``larq``'s ``ste_sign`` and ``unpack_bits`` do; its gradient is the identity.
+
+    Input shape:
+        Any.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+        >>> import larq_cwr, tensorflow as tf
+        >>> from larq_cwr.replay import LatentBinarization
+        >>> layer = LatentBinarization()
+        >>> layer(tf.constant([[-0.5, 0.0, 2.0]])).numpy().tolist()
+        [[-0.5, 0.0, 2.0]]
+        >>> layer.enable()
+        >>> layer(tf.constant([[-0.5, 0.0, 2.0]])).numpy().tolist()
+        [[-1.0, 1.0, 1.0]]
+    """
+
+    def build(self, input_shape: Any) -> None:
+        self._enabled = self.add_weight(
+            name="enabled", shape=(), dtype=tf.int32, initializer="zeros", trainable=False
+        )
+        super().build(input_shape)
+
+    @property
+    def enabled(self) -> bool:
+        """True once ``enable`` was called."""
+        return self.built and bool(self._enabled.numpy())
+
+    def enable(self) -> None:
+        """Binarize from now on (the state is saved with the model)."""
+        if not self.built:
+            raise RuntimeError("Build the layer (call it on data) before `enable()`.")
+        self._enabled.assign(1)
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        @tf.custom_gradient
+        def sign(x):
+            return tf.where(x >= 0, tf.ones_like(x), -tf.ones_like(x)), lambda dy: dy
+
+        return tf.where(self._enabled > 0, sign(inputs), inputs)

@@ -14,9 +14,28 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from larq_cwr._checks import check_choice, check_optional_bits
+from larq_cwr._checks import (
+    check_choice,
+    check_optional_bits,
+    check_positive_int,
+    check_positive_number,
+)
+from larq_cwr.backbones import rerun_graph
+from larq_cwr.backprop import (
+    DEFAULT_LATENT_WEIGHT_BITS,
+    BlockStack,
+    binary_kernels,
+    update_block_weights,
+)
 from larq_cwr.head import CWRStarHead
-from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES, snap_to_grid
+from larq_cwr.quantizers import (
+    DEFAULT_GRID,
+    GRIDS,
+    ROUNDING_MODES,
+    counter_uniform,
+    snap_to_grid,
+)
+from larq_cwr.replay import LatentBinarization, LatentReplayMemory
 
 __all__ = [
     "DEFAULT_FORWARD_BITS",
@@ -32,7 +51,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_FORWARD_BITS = 8  # METHOD §4 reference default b_f
 DEFAULT_UPDATE_BITS = 16  # METHOD §4 reference default b_w
 WEIGHT_RANGE_MARGIN = 0.02  # METHOD §4: forward weight range widened by 2% of its span
-_OWN_ARGUMENTS = ("forward_bits", "update_bits", "grid", "rounding", "seed")
+DEFAULT_REPLAY_BATCH_SIZE = 128  # METHOD §5: 50 new + 128 replayed patterns per step
+_OWN_ARGUMENTS = (
+    "forward_bits",
+    "update_bits",
+    "grid",
+    "rounding",
+    "seed",
+    "backward_bits",
+    "latent_weight_bits",
+    "latent_layer",
+    "replay_batch_size",
+    "block_learning_rate",
+)
 _CROSSENTROPY_LOSSES = (
     tf.keras.losses.SparseCategoricalCrossentropy,
     tf.keras.losses.CategoricalCrossentropy,
@@ -46,6 +77,7 @@ class HybridStepResult(NamedTuple):
     kernel: tf.Tensor  # the stored kernel after the update
     logits: tf.Tensor  # forward-pass logits x_q @ W_q of the batch
     probabilities: tf.Tensor  # their softmax (before quantization)
+    feature_gradient: tf.Tensor | None = None  # g_q W_q^T, when asked for
 
 
 def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
@@ -75,6 +107,7 @@ def hybrid_sgd_step(
     update_noise: tf.Tensor | None = None,
     gradient_noise: tf.Tensor | None = None,
     weight_range_margin: float = WEIGHT_RANGE_MARGIN,
+    feature_gradient: bool = False,
 ) -> HybridStepResult:
     """One hybrid-precision SGD step of a bias-free softmax head (METHOD §4).
 
@@ -103,9 +136,11 @@ def hybrid_sgd_step(
             ``kernel`` for stochastic rounding of the stored update.
         gradient_noise: Likewise for the logit gradient, shaped ``(batch, num_classes)``.
         weight_range_margin: Widening of the forward weight range, a fraction of its span.
+        feature_gradient: Also return ``g_q @ W_q^T``, the gradient of the loss with
+            respect to the features, for back-propagation into layers below the head.
 
     Returns:
-        ``HybridStepResult(kernel, logits, probabilities)``.
+        ``HybridStepResult(kernel, logits, probabilities, feature_gradient)``.
     """
 
     def forward(tensor, low, high, noise=None):
@@ -144,7 +179,8 @@ def hybrid_sgd_step(
             grid=grid,
             noise=update_noise,
         )
-    return HybridStepResult(updated, logits, probabilities)
+    backward = tf.matmul(g_q, w_q, transpose_b=True) if feature_gradient else None
+    return HybridStepResult(updated, logits, probabilities, backward)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")
@@ -164,6 +200,16 @@ class HybridQuantizedTrainStep(tf.keras.Model):
        rate; the update is plain SGD whatever the optimizer (momentum is ignored, with
        a warning). ``sample_weight`` and ``class_weight`` weight the logit gradient.
 
+    **Trainable blocks and latent replay** (METHOD §5): with ``latent_layer`` naming a
+    layer between the input and the head, the layers above it that are trainable in the
+    hybrid phase (``CWRStar(trainable_layers=...)`` names them) train too, with
+    activations quantized to ``forward_bits``, gradients to ``backward_bits`` and binary
+    latent weights stored with ``latent_weight_bits`` (``larq_cwr.backprop``). With a
+    ``replay`` memory, each step appends ``replay_batch_size`` stored latents to the new
+    batch's latents; ``remember(x, y)`` stores an experience's latents after its
+    ``fit``. For 1-bit storage the latent layer must output signs (e.g. a
+    ``larq.quantizers.SteSign`` layer), so that stored and live latents match.
+
     **Calibration** fixes the static ranges of the features and of the logit gradient
     from experience-0 data: call ``calibrate(x0, y0)`` after the first experience (any
     input ``evaluate`` accepts). A model with bit widths entering the hybrid phase
@@ -181,11 +227,22 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         rounding: ``"nearest"`` (half to even) or ``"stochastic"`` (unbiased) rounding
             of the stored update.
         seed: Seed of the stochastic-rounding noise (None: 0).
+        backward_bits: Bits of the gradients back-propagated through trainable blocks
+            (q_b), or None for float.
+        latent_weight_bits: Bits of the stored latent weights of binary layers in
+            trainable blocks (b_bin), or None for float.
+        latent_layer: Name of the layer (or input) splitting the frozen part below from
+            the trainable blocks above; the latents of replay are its outputs.
+        replay: A ``LatentReplayMemory`` of latents at ``latent_layer``.
+        replay_batch_size: Replayed latents appended to each batch.
+        block_learning_rate: SGD learning rate of the trainable blocks (None: the
+            optimizer's, as the head's).
         **kwargs: Other ``tf.keras.Model`` arguments (``name``).
 
     Raises:
         ValueError: No (or several) ``CWRStarHead`` in the model, an output that is
-            not the head's logits or their softmax, bad bit widths, grid or rounding.
+            not the head's logits or their softmax, bad bit widths, grid or rounding, a
+            ``latent_layer`` not between input and head, or ``replay`` without it.
 
     Example:
         >>> import larq_cwr, numpy as np, tensorflow as tf
@@ -209,24 +266,65 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         grid: str = DEFAULT_GRID,
         rounding: str = "nearest",
         seed: int | None = None,
+        backward_bits: int | None = None,
+        latent_weight_bits: int | None = DEFAULT_LATENT_WEIGHT_BITS,
+        latent_layer: str | None = None,
+        replay: LatentReplayMemory | dict | None = None,
+        replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE,
+        block_learning_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         check_optional_bits(forward_bits, "forward_bits")
         check_optional_bits(update_bits, "update_bits")
+        check_optional_bits(backward_bits, "backward_bits")
+        check_optional_bits(latent_weight_bits, "latent_weight_bits")
         check_choice(grid, GRIDS, "grid")
         check_choice(rounding, ROUNDING_MODES, "rounding")
+        check_positive_int(replay_batch_size, "replay_batch_size")
+        if block_learning_rate is not None:
+            check_positive_number(block_learning_rate, "block_learning_rate")
+        if isinstance(replay, dict):  # from get_config
+            replay = tf.keras.layers.deserialize(replay)
+        if replay is not None and not isinstance(replay, LatentReplayMemory):
+            raise ValueError(
+                f"`replay` must be a LatentReplayMemory; got {type(replay).__name__}."
+            )
+        if replay is not None and latent_layer is None:
+            raise ValueError(
+                "`replay` needs `latent_layer`, the layer whose latents it keeps."
+            )
         super().__init__(*args, **kwargs)
         self.forward_bits = forward_bits
         self.update_bits = update_bits
         self.grid = grid
         self.rounding = rounding
         self.seed = seed
+        self.backward_bits = backward_bits
+        self.latent_weight_bits = latent_weight_bits
+        self.latent_layer = latent_layer
+        self.replay_batch_size = int(replay_batch_size)
+        self.block_learning_rate = block_learning_rate
         self.head = self._find_head()
+        # The head's input and output in this model's graph (the layer may be shared
+        # with other models, e.g. by `upper_model`).
+        object.__setattr__(self, "_head_io", self._find_head_call())
         self._outputs_logits = self._check_outputs()
+        object.__setattr__(
+            self,
+            "_blocks",
+            (
+                None
+                if latent_layer is None
+                else BlockStack(self, self._head_io[0], latent_layer=latent_layer)
+            ),
+        )
+        self.replay = replay
+        if replay is not None:
+            self._check_replay_shape(replay)
         # Views sharing the model's layers; bypass Keras' attribute tracking so they
         # appear neither as extra layers in `layers`/`summary()` nor in saved files.
         object.__setattr__(
-            self, "_feature_model", tf.keras.Model(self.inputs, self.head.input)
+            self, "_feature_model", tf.keras.Model(self.inputs, self._head_io[0])
         )
         self._feature_range = self._state("feature_range", (2,))
         self._gradient_range = self._state("gradient_range", (2,))
@@ -235,9 +333,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._difference_range = self._state("difference_range", (2,))
         self._largest_batch = self._state("largest_batch", (), tf.int32)
         self._calibrated = self._state("calibrated", (), tf.int32)
-        # Counter of the stochastic-rounding noise: draw k uses the stateless seed
-        # (seed, k), so a saved and restored model continues the same stream.
-        self._noise_counter = self._state("noise_counter", (), tf.int64)
+        # Counter of the stochastic-rounding noise (`counter_uniform`): values drawn so
+        # far, so a saved and restored model continues the same stream.
+        self._noise_counter = self._state("noise_counter", (), tf.int32)
         # Accumulators of a calibration pass (not model state: not saved).
         object.__setattr__(
             self, "_pass_ranges", tf.Variable(tf.zeros((2, 2)), trainable=False)
@@ -246,8 +344,10 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             self, "_pass_batch", tf.Variable(0, dtype=tf.int32, trainable=False)
         )
         self._calibrating = False
+        self._remembering = False
         self._traced_phase: str | None = None
         self._traced_calibrating: bool | None = None
+        self._traced_remembering: bool | None = None
         self._checked_compile = False
 
     def _state(self, name: str, shape: tuple, dtype: Any = tf.float32) -> tf.Variable:
@@ -266,13 +366,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             )
         return heads[0]
 
+    def _find_head_call(self) -> tuple[tf.Tensor, tf.Tensor]:
+        for nodes in self._nodes_by_depth.values():
+            for node in nodes:
+                if node.layer is self.head:
+                    return node.input_tensors, node.output_tensors
+        raise ValueError("The CWRStarHead is not called in the model's graph.")
+
     def _check_outputs(self) -> bool:
         if len(self.outputs) != 1:
             raise ValueError(
                 f"HybridQuantizedTrainStep needs a single output; got {len(self.outputs)}."
             )
         output = self.outputs[0]
-        if output is self.head.output:
+        if output is self._head_io[1]:
             return True
         layer = output._keras_history.layer
         inbound = layer.input if hasattr(layer, "input") else None
@@ -281,12 +388,22 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             isinstance(layer, tf.keras.layers.Activation)
             and activation is tf.keras.activations.softmax
         )
-        if not (is_softmax and inbound is self.head.output):
+        if not (is_softmax and inbound is self._head_io[1]):
             raise ValueError(
                 "HybridQuantizedTrainStep's output must be the CWRStarHead's logits or a "
                 f"softmax applied to them; got the output of layer {layer.name!r}."
             )
         return False
+
+    def _check_replay_shape(self, replay: LatentReplayMemory) -> None:
+        shape = self._blocks.latent_shape
+        if not replay.built:
+            replay.build(shape)
+        elif tuple(replay.latent_shape) != shape:
+            raise ValueError(
+                f"`replay` holds latents of shape {tuple(replay.latent_shape)}; expected "
+                f"{shape}, the output of `latent_layer`={self.latent_layer!r}."
+            )
 
     # -- state --------------------------------------------------------------------------
 
@@ -313,7 +430,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     @property
     def feature_extractor(self) -> tf.keras.Model:
         """Model from the inputs to the head's input features (shares the layers)."""
-        return tf.keras.Model(self.inputs, self.head.input)
+        return tf.keras.Model(self.inputs, self._head_io[0])
 
     # -- calibration -----------------------------------------------------------------
 
@@ -334,8 +451,8 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         training steps of experience 0, and is divided by the largest batch seen, since
         the gradient is ``(p - onehot) / batch``. Call it after the first experience
         (the head holds the consolidated weights then) and before the hybrid phase; it
-        does not change the phase. With ``forward_bits=None`` there is nothing to
-        calibrate and the data is not read.
+        does not change the phase. A model with ``forward_bits=None`` does not use the
+        ranges, but they are computed all the same (for copies with other bits).
 
         Args:
             x: Inputs, or a dataset/generator of ``(x, y)`` batches (as for ``evaluate``).
@@ -348,9 +465,6 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             ValueError: No labels, no data, or non-finite features or gradients; the
                 previous ranges are then kept.
         """
-        if self.forward_bits is None:
-            self._calibrated.assign(1)
-            return
         if getattr(self, "optimizer", None) is None:
             raise RuntimeError(
                 "Compile the model before `calibrate()`: it runs through `evaluate`."
@@ -410,37 +524,112 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self._pass_batch.assign(tf.maximum(self._pass_batch, tf.shape(difference)[0]))
         return {}
 
-    # -- head on frozen features -------------------------------------------------------
+    # -- the trainable part on precomputed latents ---------------------------------------
 
-    def head_model(self) -> "HybridQuantizedTrainStep":
-        """A copy of the head alone, on feature inputs, with this model's state.
+    @property
+    def latent_extractor(self) -> tf.keras.Model:
+        """Model from the inputs to the latents at ``latent_layer`` (shares the layers);
+        the feature extractor when no ``latent_layer`` is set."""
+        return self.feature_extractor if self._blocks is None else self._blocks.lower
 
-        The copy has the same bit widths, grid, rounding and seed, the head's weights
-        (CWR* state included), the calibration state and the noise counter. Once the
-        backbone is frozen, a stream can train this copy on precomputed features (the
-        same arithmetic, without running the backbone every epoch) and
-        ``load_head_state`` the result back.
+    def remember(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        batch_size: int | None = None,
+        steps: int | None = None,
+    ) -> None:
+        """Store an experience's latents in the ``replay`` memory (METHOD §5).
+
+        Call it after the experience's ``fit`` (after the first experience too): the
+        part below ``latent_layer`` then no longer changes, so the stored latents stay
+        valid. The latents are computed in inference mode through ``predict``'s input
+        handling (arrays with ``y``, or datasets/generators of ``(x, y)`` batches), and
+        the memory's policy decides what it keeps.
+
+        Args:
+            x: Inputs, or a dataset/generator of ``(x, y)`` batches.
+            y: Int or one-hot labels when ``x`` is an array.
+            batch_size: Batch size for array inputs (default 32).
+            steps: Number of batches to use (default: all).
+
+        Raises:
+            ValueError: No ``replay`` memory, no labels, or non-binary latents for a
+                1-bit memory; the memory is then unchanged.
+        """
+        if self.replay is None:
+            raise ValueError("`remember` needs a model built with a `replay` memory.")
+        if y is not None:
+            x = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size or 32)
+        binarization = self._blocks.latent_layer
+        if self.replay.storage == "1bit" and isinstance(binarization, LatentBinarization):
+            binarization.enable()  # live latents from now on match the stored signs
+        self._remembering = True
+        try:
+            latents, labels = self.predict(x, steps=steps, verbose=0)
+        finally:
+            self._remembering = False
+        if labels.ndim == 2 and labels.shape[1] == self.head.num_classes > 1:
+            labels = labels.argmax(axis=1)
+        if self.replay.storage == "1bit" and not np.all(np.abs(latents) == 1.0):
+            raise ValueError(
+                f"A 1-bit replay memory needs binary latents, but `latent_layer`="
+                f"{self.latent_layer!r} outputs other values than -1 and +1; make it a "
+                "`larq_cwr.replay.LatentBinarization` layer, or store float32/int8."
+            )
+        self.replay.update(latents, labels.reshape(-1))
+
+    def make_predict_function(self, force: bool = False):
+        if self._remembering != self._traced_remembering:
+            force = True  # storing latents traces another predict step
+        self._traced_remembering = self._remembering
+        return super().make_predict_function(force=force)
+
+    def predict_step(self, data: Any) -> Any:
+        if not self._remembering:
+            return super().predict_step(data)
+        x, y, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError("`remember` needs labels: pass `y` or (x, y) batches.")
+        return self.latent_extractor(x, training=False), y
+
+    def upper_model(self) -> "HybridQuantizedTrainStep":
+        """The layers above ``latent_layer`` and the head, on latent inputs.
+
+        Without ``latent_layer`` this is the head alone on feature inputs. The new model
+        **shares** this model's layers (training it trains them) and replay memory, and
+        starts from a copy of this model's calibration and noise state. Once the part
+        below is frozen, a stream can train it on latents computed once (the same
+        arithmetic, without running the frozen part every epoch), then copy its state
+        back with ``load_head_state``.
 
         Returns:
             A new, uncompiled ``HybridQuantizedTrainStep``.
         """
-        features = tf.keras.Input(tuple(self.head.input.shape[1:]), name="features")
-        head = CWRStarHead.from_config(self.head.get_config())
-        outputs = head(features)
+        if self._blocks is None:
+            latents = tf.keras.Input(tuple(self._head_io[0].shape[1:]), name="features")
+            features = latents
+        else:
+            latents = tf.keras.Input(self._blocks.latent_shape, name="latents")
+            upper = self._blocks.upper_model
+            features = rerun_graph(upper, upper.inputs[0], latents)
+        outputs = self.head(features)
         if not self._outputs_logits:
             outputs = tf.keras.layers.Softmax()(outputs)
+        arguments = {key: getattr(self, key) for key in _OWN_ARGUMENTS}
+        if self._blocks is not None:
+            arguments["latent_layer"] = latents._keras_history.layer.name
         model = HybridQuantizedTrainStep(
-            features,
-            outputs,
-            name=f"{self.name}_head",
-            **{key: getattr(self, key) for key in _OWN_ARGUMENTS},
+            latents, outputs, name=f"{self.name}_upper", replay=self.replay, **arguments
         )
         model.load_head_state(self)
         return model
 
     def load_head_state(self, other: "HybridQuantizedTrainStep") -> None:
         """Copy the head weights, calibration and noise state of ``other`` into this one."""
-        self.head.set_weights(other.head.get_weights())
+        if other.head is not self.head:
+            self.head.set_weights(other.head.get_weights())
         for mine, theirs in zip(self._own_state(), other._own_state()):
             mine.assign(theirs)
         self.train_function = None
@@ -472,7 +661,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             self._warn_if_bits_unused()
             return self._float_step(x, y, sample_weight)
         calibrated = self._check_calibrated()
-        features = self._feature_model(x, training=False)
+        blocks = self._trainable_blocks()
+        if self._blocks is None:
+            features = self._feature_model(x, training=False)
+        else:
+            latents = self._blocks.lower(x, training=False)
+            latents, y, sample_weight = self._append_replay(latents, y, sample_weight)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(blocks)
+                features = self._blocks.upper(
+                    latents,
+                    forward_bits=self.forward_bits if blocks else None,
+                    backward_bits=self.backward_bits,
+                    grid=self.grid,
+                )
         kernel = self.head.kernel
         result = hybrid_sgd_step(
             kernel,
@@ -486,12 +688,100 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             gradient_range=self._gradient_range if calibrated else None,
             sample_weight=sample_weight,
             update_noise=self._rounding_noise(kernel),
+            feature_gradient=bool(blocks),
         )
+        if blocks:
+            self._update_blocks(tape, features, blocks, result.feature_gradient)
         kernel.assign(result.kernel)
         self.optimizer.iterations.assign_add(1)
         y_pred = result.logits if self._outputs_logits else result.probabilities
         self.compute_loss(x, y, y_pred, sample_weight)
         return self.compute_metrics(x, y, y_pred, sample_weight)
+
+    def _trainable_blocks(self) -> list[tf.Variable]:
+        """Trainable variables above ``latent_layer`` (the hybrid phase trains them)."""
+        if self._blocks is None:
+            blocks = []
+        else:
+            blocks = [
+                variable
+                for layer in self._blocks.layers
+                for variable in layer.trainable_weights
+            ]
+        ignored = [
+            v.name
+            for v in self.trainable_variables
+            if v is not self.head.kernel and all(v is not b for b in blocks)
+        ]
+        if ignored:
+            warnings.warn(
+                "The hybrid phase trains the CWR* head and the trainable layers above "
+                f"`latent_layer`={self.latent_layer!r}; these trainable variables stay "
+                f"unchanged: {ignored[:5]}{' ...' if len(ignored) > 5 else ''}. Name "
+                "the layers to train with `CWRStar(trainable_layers=...)`.",
+                stacklevel=2,
+            )
+        return blocks
+
+    def _append_replay(
+        self, latents: tf.Tensor, y: tf.Tensor, sample_weight: tf.Tensor | None
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+        """The batch with ``replay_batch_size`` stored latents appended (METHOD §5)."""
+        if self.replay is None:
+            return latents, y, sample_weight
+        with tf.init_scope():
+            empty = self.replay.filled == 0
+        if empty:
+            return latents, y, sample_weight
+        replayed, labels = self.replay.sample(self.replay_batch_size)
+        latents = tf.concat([latents, tf.cast(replayed, latents.dtype)], axis=0)
+        y = tf.convert_to_tensor(y)
+        num_classes = self.head.num_classes
+        if y.shape.rank == 2 and y.shape[-1] == num_classes and num_classes > 1:
+            labels = tf.one_hot(labels, num_classes, dtype=y.dtype)
+        else:
+            labels = tf.reshape(tf.cast(labels, y.dtype), [-1, *y.shape[1:]])
+        if sample_weight is not None:
+            ones = tf.ones([self.replay_batch_size], sample_weight.dtype)
+            sample_weight = tf.concat([tf.reshape(sample_weight, [-1]), ones], axis=0)
+        return latents, tf.concat([y, labels], axis=0), sample_weight
+
+    def _update_blocks(
+        self,
+        tape: tf.GradientTape,
+        features: tf.Tensor,
+        blocks: list[tf.Variable],
+        feature_gradient: tf.Tensor,
+    ) -> None:
+        """Back-propagate the head's feature gradient (q_b bits) and update the blocks."""
+        if self.backward_bits is not None:
+            feature_gradient = snap_to_grid(
+                feature_gradient,
+                self.backward_bits,
+                tf.reduce_min(feature_gradient),
+                tf.reduce_max(feature_gradient),
+                grid=self.grid,
+            )
+        gradients = tape.gradient(features, blocks, output_gradients=feature_gradient)
+        rate = self._learning_rate()
+        if self.block_learning_rate is not None:
+            rate = tf.cast(self.block_learning_rate, rate.dtype)
+        norms = [
+            v
+            for layer in self._blocks.layers
+            if isinstance(layer, tf.keras.layers.BatchNormalization)
+            for v in layer.trainable_weights
+        ]
+        update_block_weights(
+            blocks,
+            gradients,
+            learning_rate=rate,
+            binary=binary_kernels(self._blocks.layers),
+            float_only=norms,
+            latent_weight_bits=self.latent_weight_bits,
+            update_bits=self.update_bits,
+            grid=self.grid,
+        )
 
     def _float_step(self, x: Any, y: Any, sample_weight: Any) -> dict[str, Any]:
         """Keras' own float train step, also tracking the logit-gradient range."""
@@ -512,11 +802,15 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     def _rounding_noise(self, kernel: tf.Variable) -> tf.Tensor | None:
+        """Noise of the stochastic rounding of the stored update (``counter_uniform``,
+        the generator the device head runs too); advances the saved counter."""
         if self.rounding != "stochastic" or self.update_bits is None:
             return None
-        seed = tf.stack([tf.constant(self.seed or 0, tf.int64), self._noise_counter])
-        self._noise_counter.assign_add(1)
-        return tf.random.stateless_uniform(tf.shape(kernel), seed=seed, dtype=kernel.dtype)
+        noise = counter_uniform(
+            tf.shape(kernel), seed=self.seed or 0, counter=self._noise_counter
+        )
+        self._noise_counter.assign_add(tf.size(kernel, out_type=tf.int32))
+        return noise
 
     def _learning_rate(self) -> tf.Tensor:
         rate = self.optimizer.learning_rate
@@ -584,14 +878,16 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         functional = tf.keras.Model(self.inputs, self.outputs, name=self.name)
+        replay = None if self.replay is None else tf.keras.layers.serialize(self.replay)
         return {
             **functional.get_config(),
             **{key: getattr(self, key) for key in _OWN_ARGUMENTS},
+            "replay": replay,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: dict | None = None):
         config = dict(config)
-        own = {key: config.pop(key) for key in _OWN_ARGUMENTS if key in config}
+        own = {key: config.pop(key) for key in (*_OWN_ARGUMENTS, "replay") if key in config}
         functional = tf.keras.Model.from_config(config, custom_objects=custom_objects)
         return cls(functional.inputs, functional.outputs, name=functional.name, **own)

@@ -24,14 +24,17 @@ def digits_stream():
         seed=0
     )  # METHOD §4 defaults: lr 0.0025, 5 + 10 epochs, batch 50
     first_weights, _ = train_first_experience(scenario, config)
-    return extract_features(scenario, first_weights, config), config, first_weights
+    features = extract_features(scenario, first_weights, config=config)
+    return features, config, first_weights
 
 
 @pytest.fixture(scope="module")
 def results(digits_stream):
     features, config, first_weights = digits_stream
     return {
-        variant.name: run_stream(features, first_weights, variant, config)
+        variant.name: run_stream(
+            features, variant, first_weights=first_weights, config=config
+        )
         for variant in (Variant.cwr(), Variant.cwr(8, 16), NAIVE)
     }
 

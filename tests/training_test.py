@@ -41,9 +41,11 @@ def _data(n=64, seed=0):
 
 
 def _end_first_experience(model, y):
-    """Consolidate a first experience without training: the hybrid phase begins."""
+    """Consolidate a first experience without training: the hybrid phase begins (and
+    the backbone is frozen, as CWRStar freezes it for the next experience)."""
     model.head.begin_experience(np.bincount(y, minlength=CLASSES))
     model.head.consolidate()
+    model.get_layer("backbone").trainable = False
 
 
 def _q(x, bits, low, high):
@@ -251,12 +253,16 @@ def test_the_head_decides_the_phase():
     assert model.phase == "hybrid" and not model.is_calibrated
     before = model.get_layer("backbone").kernel.numpy().copy()
     with pytest.warns(UserWarning, match="not calibrated"):
-        model.fit(x, y, batch_size=BATCH, verbose=0)
+        model.fit(
+            x, y, batch_size=BATCH, verbose=0, callbacks=[CWRStar(model.head, labels=y)]
+        )
     np.testing.assert_array_equal(model.get_layer("backbone").kernel.numpy(), before)
     model.calibrate(x, y, batch_size=BATCH)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # calibrated: no warning
-        model.fit(x, y, batch_size=BATCH, verbose=0)
+        warnings.simplefilter("error")  # calibrated, backbone frozen: no warning
+        model.fit(
+            x, y, batch_size=BATCH, verbose=0, callbacks=[CWRStar(model.head, labels=y)]
+        )
 
 
 def test_stochastic_rounding_is_seeded_and_resumes():
@@ -384,38 +390,42 @@ def test_trainable_layers_in_hybrid_phase_raise_before_state_changes():
     model = _hybrid_model()
     model.fit(x, y, verbose=0, callbacks=[CWRStar(model.head, labels=y)])
     before = [w.copy() for w in model.head.get_weights()]
-    for kwargs in ({"trainable_layers": ["backbone"]}, {"freeze_after_first": False}):
-        with pytest.raises(ValueError, match="updates only the CWR\\* head"):
+    for kwargs, message in (
+        ({"trainable_layers": ["backbone"]}, "above the model's `latent_layer`=None"),
+        ({"freeze_after_first": False}, "would train nothing else"),
+    ):
+        with pytest.raises(ValueError, match=message):
             model.fit(x, y, verbose=0, callbacks=[CWRStar(model.head, labels=y, **kwargs)])
         for old, new in zip(before, model.head.get_weights()):
             np.testing.assert_array_equal(old, new)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
-def test_head_model_on_features_equals_full_model(rounding):
+def test_upper_model_on_features_equals_full_model(rounding):
     x, y = _data(96)
-    full = _hybrid_model(8, 8, rounding=rounding, seed=11)
-    full.fit(
+    first = _hybrid_model(8, 8, rounding=rounding, seed=11)
+    first.fit(
         x,
         y,
         batch_size=BATCH,
-        epochs=1,
         verbose=0,
         shuffle=False,
-        callbacks=[CWRStar(full.head, labels=y)],
+        callbacks=[CWRStar(first.head, labels=y)],
     )
-    full.calibrate(x, y, batch_size=BATCH)
-    head = full.head_model()
-    head.compile(
+    first.calibrate(x, y, batch_size=BATCH)
+    full, split = (_hybrid_model(8, 8, rounding=rounding, seed=11) for _ in range(2))
+    for model in (full, split):
+        model.set_weights(first.get_weights())
+    upper = split.upper_model()
+    upper.compile(
         tf.keras.optimizers.SGD(LEARNING_RATE),
         tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    np.testing.assert_array_equal(head.feature_range, full.feature_range)
-    np.testing.assert_array_equal(head.gradient_range, full.gradient_range)
-    assert head.is_calibrated and head.phase == "hybrid"
+    np.testing.assert_array_equal(upper.feature_range, full.feature_range)
+    assert upper.is_calibrated and upper.phase == "hybrid" and upper.head is split.head
 
     features = full.feature_extractor.predict(x, verbose=0)
-    for model, inputs in ((full, x), (head, features)):
+    for model, inputs in ((full, x), (upper, features)):
         callback = CWRStar(model.head, labels=y)
         model.fit(
             inputs,
@@ -426,13 +436,13 @@ def test_head_model_on_features_equals_full_model(rounding):
             shuffle=False,
             callbacks=[callback],
         )
-    # Same arithmetic on the same features and the same noise seed.
+    split.load_head_state(upper)
+    # Same arithmetic on the same features and the same noise stream.
     np.testing.assert_allclose(
-        head.head.kernel.numpy(), full.head.kernel.numpy(), atol=1e-6
+        split.head.kernel.numpy(), full.head.kernel.numpy(), atol=1e-6
     )
-    before = full.get_layer("backbone").kernel.numpy().copy()
-    full.load_head_state(head)
+    np.testing.assert_array_equal(split._noise_counter.numpy(), full._noise_counter.numpy())
     np.testing.assert_array_equal(
-        full.head.consolidated_kernel, head.head.consolidated_kernel
+        split.get_layer("backbone").kernel.numpy(),
+        first.get_layer("backbone").kernel.numpy(),
     )
-    np.testing.assert_array_equal(full.get_layer("backbone").kernel.numpy(), before)

@@ -1,0 +1,238 @@
+"""Quantized back-propagation through the trainable blocks above a latent layer (METHOD §5).
+
+Above the latent replay layer the network keeps training after the first experience:
+the last binary blocks, pooling and the CWR* head. On a device their training must be
+cheap too, so (Vorabbi et al., VISAPP 2024):
+
+- every activation between layers is fake-quantized to ``forward_bits`` (q_f), and
+  every gradient flowing back between layers to ``backward_bits`` (q_b), each on its
+  own min/max (``quantize_activation``); BatchNormalization computes in float;
+- the latent (real-valued) weights of binary layers are stored with
+  ``latent_weight_bits`` (b_bin) on ``[-1.25, 1.25]``, where QuickNet clips them;
+  other kernels keep ``update_bits`` like the head, BatchNormalization parameters float
+  (``update_block_weights``).
+
+``BlockStack`` reruns a functional model's graph from the latent layer to the head's
+input with these quantizers in place; ``HybridQuantizedTrainStep`` uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from larq_cwr.backbones import BINARY_CLIP, rerun_graph
+from larq_cwr.quantizers import DEFAULT_GRID, snap_to_grid
+
+__all__ = [
+    "DEFAULT_LATENT_WEIGHT_BITS",
+    "BlockStack",
+    "binary_kernels",
+    "quantize_activation",
+    "update_block_weights",
+]
+
+DEFAULT_LATENT_WEIGHT_BITS = 8  # METHOD §5: binary latent weights stored with 8 bits
+
+
+def _own_range(tensor: tf.Tensor, bits: int, grid: str) -> tf.Tensor:
+    return snap_to_grid(
+        tensor, bits, tf.reduce_min(tensor), tf.reduce_max(tensor), grid=grid
+    )
+
+
+def quantize_activation(
+    x: tf.Tensor,
+    *,
+    forward_bits: int | None,
+    backward_bits: int | None,
+    grid: str = DEFAULT_GRID,
+) -> tf.Tensor:
+    """``x`` on a ``forward_bits`` grid; its gradient on a ``backward_bits`` grid.
+
+    Each on the tensor's own min/max (METHOD §3); ``None`` leaves that direction float.
+
+    Args:
+        x: Float tensor (an activation between two layers).
+        forward_bits: q_f, or None.
+        backward_bits: q_b, or None.
+        grid: ``"zero_exact"`` or ``"paper"``.
+
+    Returns:
+        The (fake-)quantized activation.
+    """
+    if forward_bits is None and backward_bits is None:
+        return x
+
+    @tf.custom_gradient
+    def quantize(inputs):
+        outputs = inputs if forward_bits is None else _own_range(inputs, forward_bits, grid)
+
+        def grad(upstream):
+            if backward_bits is None:
+                return upstream
+            return _own_range(upstream, backward_bits, grid)
+
+        return outputs, grad
+
+    return quantize(x)
+
+
+def binary_kernels(layers: Sequence[tf.keras.layers.Layer]) -> list[tf.Variable]:
+    """The kernels of Larq layers that binarize their kernel (a ``kernel_quantizer``)."""
+    return [
+        layer.kernel
+        for layer in layers
+        if getattr(layer, "kernel_quantizer", None) is not None
+        and isinstance(getattr(layer, "kernel", None), tf.Variable)
+    ]
+
+
+def update_block_weights(
+    variables: Sequence[tf.Variable],
+    gradients: Sequence[tf.Tensor | None],
+    *,
+    learning_rate: tf.Tensor | float,
+    binary: Sequence[tf.Variable],
+    float_only: Sequence[tf.Variable],
+    latent_weight_bits: int | None = DEFAULT_LATENT_WEIGHT_BITS,
+    update_bits: int | None = None,
+    grid: str = DEFAULT_GRID,
+) -> None:
+    """One SGD step on the trainable blocks, storing each kind of weight as METHOD §5 says.
+
+    - binary latent weights: ``clip(W - lr * g, -1.25, 1.25)`` on the ``latent_weight_bits``
+      grid of ``[-1.25, 1.25]``;
+    - ``float_only`` (BatchNormalization parameters): float;
+    - other weights: on the ``update_bits`` grid of their own min/max, like the head.
+
+    Args:
+        variables: Trainable variables of the blocks.
+        gradients: Their gradients (None: not updated).
+        learning_rate: SGD learning rate.
+        binary: The variables that are binary latent weights.
+        float_only: The variables kept in float.
+        latent_weight_bits: b_bin, or None for float latent weights.
+        update_bits: Storage bits of the other weights, or None for float.
+        grid: ``"zero_exact"`` or ``"paper"``.
+    """
+    binary_ids = {id(v) for v in binary}
+    float_ids = {id(v) for v in float_only}
+    for variable, gradient in zip(variables, gradients):
+        if gradient is None:
+            continue
+        updated = variable - tf.cast(learning_rate, variable.dtype) * gradient
+        if id(variable) in binary_ids:
+            updated = tf.clip_by_value(updated, -BINARY_CLIP, BINARY_CLIP)
+            if latent_weight_bits is not None:
+                updated = snap_to_grid(
+                    updated, latent_weight_bits, -BINARY_CLIP, BINARY_CLIP, grid=grid
+                )
+        elif id(variable) not in float_ids and update_bits is not None:
+            updated = _own_range(updated, update_bits, grid)
+        variable.assign(updated)
+
+
+class BlockStack:
+    """A functional model's layers between a latent layer and the head's input.
+
+    Built once per model: ``lower(x)`` maps the model's inputs to the latent (frozen,
+    inference mode); ``upper(latent, ...)`` runs the layers above it, optionally with
+    quantized activations and gradients. Both share the model's layers (no copies),
+    nested functional models (a backbone inside the model) included.
+
+    Args:
+        model: Functional model; its single input feeds the layer graph.
+        features: The tensor of ``model``'s graph that the head takes as input.
+        latent_layer: Name of the layer (or input) whose output is the latent.
+
+    Raises:
+        ValueError: No such layer, or paths from the input to the head bypass it.
+    """
+
+    def __init__(
+        self, model: tf.keras.Model, features: tf.Tensor, *, latent_layer: str
+    ) -> None:
+        inputs = tf.keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+        feature_model = tf.keras.Model(model.inputs, features)
+        found: dict[str, tf.Tensor] = {}
+        self.latent_layer: tf.keras.layers.Layer | None = None
+        if latent_layer in {layer.name for layer in model.layers} and isinstance(
+            model.get_layer(latent_layer), tf.keras.layers.InputLayer
+        ):
+            found[latent_layer] = inputs
+
+        def record(layer, output):
+            if layer.name == latent_layer:
+                found[layer.name] = output
+                self.latent_layer = layer
+            return output
+
+        flat_features = rerun_graph(
+            feature_model,
+            feature_model.inputs[0],
+            inputs,
+            on_output=record,
+            expand_nested=True,
+        )
+        if latent_layer not in found:
+            raise ValueError(
+                f"`latent_layer`={latent_layer!r} is not a layer between the model's "
+                "input and its CWRStarHead."
+            )
+        self.flat = tf.keras.Model(inputs, flat_features)
+        self.latent = found[latent_layer]
+        self.lower = tf.keras.Model(inputs, self.latent)
+        latent_input = tf.keras.Input(self.latent.shape[1:])
+        upper_layers: list[tf.keras.layers.Layer] = []
+
+        def collect(layer, output):
+            upper_layers.append(layer)
+            return output
+
+        upper_features = rerun_graph(
+            self.flat, self.latent, latent_input, on_output=collect
+        )
+        if upper_features is None:
+            raise ValueError(
+                f"Cannot split at `latent_layer`={latent_layer!r}: some paths from the "
+                "input to the head bypass it (a residual connection?)."
+            )
+        self.layers = upper_layers
+        self.upper_model = tf.keras.Model(latent_input, upper_features)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent (no batch axis)."""
+        return tuple(int(d) for d in self.latent.shape[1:])
+
+    def contains(self, layer: tf.keras.layers.Layer) -> bool:
+        """True if ``layer`` (or a layer inside it) lies above the latent layer."""
+        return any(layer is mine for mine in self.layers)
+
+    def upper(
+        self,
+        latent: tf.Tensor,
+        *,
+        forward_bits: int | None = None,
+        backward_bits: int | None = None,
+        grid: str = DEFAULT_GRID,
+    ) -> tf.Tensor:
+        """Head-input features of ``latent`` through the layers above it (inference mode:
+        BatchNormalization uses its moving statistics), activations and their gradients
+        quantized between layers."""
+
+        def quantize(layer: Any, output: tf.Tensor) -> tf.Tensor:
+            return quantize_activation(
+                output, forward_bits=forward_bits, backward_bits=backward_bits, grid=grid
+            )
+
+        return rerun_graph(
+            self.upper_model,
+            self.upper_model.inputs[0],
+            latent,
+            on_output=quantize,
+            training=False,
+        )
