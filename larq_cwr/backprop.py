@@ -8,7 +8,8 @@ cheap too, so (Vorabbi et al., VISAPP 2024):
   every gradient flowing back between layers to ``backward_bits`` (q_b), each on its
   own min/max (``quantize_activation``); BatchNormalization computes in float;
 - the latent (real-valued) weights of binary layers are stored with
-  ``latent_weight_bits`` (b_bin) on ``[-1.25, 1.25]``, where QuickNet clips them;
+  ``latent_weight_bits`` (b_bin) on a symmetric grid of ``[-1.25, 1.25]``, where
+  QuickNet clips them;
   other kernels keep ``update_bits`` like the head, BatchNormalization parameters float
   (``update_block_weights``).
 
@@ -103,8 +104,9 @@ def update_block_weights(
 ) -> None:
     """One SGD step on the trainable blocks, storing each kind of weight as METHOD §5 says.
 
-    - binary latent weights: ``clip(W - lr * g, -1.25, 1.25)`` on the ``latent_weight_bits``
-      grid of ``[-1.25, 1.25]``;
+    - binary latent weights: ``clip(W - lr * g, -1.25, 1.25)`` on the symmetric
+      ``latent_weight_bits`` grid of TFLite's int8 weights, ``k * 1.25 / L`` for
+      integers ``-L <= k <= L`` with ``L = 2^(b - 1) - 1``;
     - ``float_only`` (BatchNormalization parameters): float;
     - other weights: on the ``update_bits`` grid of their own min/max, like the head.
 
@@ -127,9 +129,11 @@ def update_block_weights(
         if id(variable) in binary_ids:
             updated = tf.clip_by_value(updated, -BINARY_CLIP, BINARY_CLIP)
             if latent_weight_bits is not None:
-                updated = snap_to_grid(
-                    updated, latent_weight_bits, -BINARY_CLIP, BINARY_CLIP, grid=grid
-                )
+                # Symmetric grid, TFLite's int8 weight convention (zero point 0, levels
+                # -L..L): 0 and both clip values are levels.
+                levels = 2.0 ** (latent_weight_bits - 1) - 1.0
+                step = BINARY_CLIP / levels
+                updated = tf.clip_by_value(tf.round(updated / step), -levels, levels) * step
         elif id(variable) not in float_ids and update_bits is not None:
             updated = _own_range(updated, update_bits, grid)
         variable.assign(updated)

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from larq_cwr.head import CWRStarHead, class_counts_array
 
-__all__ = ["CWRStar", "count_classes"]
+__all__ = ["CWRStar", "count_classes", "freeze_all_but"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +198,33 @@ class CWRStar(tf.keras.callbacks.Callback):
             )
 
     def _freeze_all_but_head(self) -> None:
-        keep = set(self.trainable_layers)
-        for layer in self.model.layers:
-            _set_trainable(layer, lambda sub: sub is self.head or sub.name in keep)
-        # fit() built its train function before on_train_begin: rebuild it so the new
-        # set of trainable variables takes effect without recompiling.
-        self.model.train_function = self.model.make_train_function(force=True)
+        freeze_all_but(self.model, [self.head, *self.trainable_layers])
+
+
+def freeze_all_but(
+    model: tf.keras.Model, keep: Sequence[tf.keras.layers.Layer | str]
+) -> None:
+    """Freeze every layer of ``model`` but those in ``keep`` (layers or names), inside
+    ``fit``: call it from a callback's ``on_train_begin``.
+
+    Keras applies the trainable state of ``compile`` time during ``fit``, and ``fit``
+    built its train function before ``on_train_begin``; this sets the flags and rebuilds
+    the train function, so the new set of trainable variables takes effect for this
+    ``fit`` without recompiling. Frozen BatchNormalization layers run in inference mode.
+
+    Args:
+        model: The model being fitted.
+        keep: Layers, or layer names, that stay trainable (nested layers included).
+    """
+    names = {item for item in keep if isinstance(item, str)}
+    layers = [item for item in keep if not isinstance(item, str)]
+
+    def kept(layer: tf.keras.layers.Layer) -> bool:
+        return layer.name in names or any(layer is other for other in layers)
+
+    for layer in model.layers:
+        _set_trainable(layer, kept)
+    model.train_function = model.make_train_function(force=True)
 
 
 def _find_layer(model: tf.keras.Model, name: str) -> tf.keras.layers.Layer:

@@ -24,7 +24,7 @@ from larq_cwr._checks import (
     check_positive_number,
 )
 from larq_cwr.backbones import block_input_layer, build_backbone, split_backbone
-from larq_cwr.callbacks import CWRStar
+from larq_cwr.callbacks import CWRStar, freeze_all_but
 from larq_cwr.head import CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
 from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES
@@ -483,7 +483,7 @@ def run_stream(
             )
             extra.insert(0, cwr)
         else:  # naive fine-tuning: the same update without reset or consolidation
-            _train_only(upper, blocks)
+            extra.insert(0, _TrainOnly([upper.head, *blocks]))
         fit_seconds.append(
             _fit(upper, experience, epochs=config.epochs, config=config, callbacks=extra)
         )
@@ -504,10 +504,15 @@ def _block_layer_names(upper: HybridQuantizedTrainStep) -> list[str]:
     ]
 
 
-def _train_only(model: tf.keras.Model, names: Sequence[str]) -> None:
-    for layer in model.layers:
-        if layer is not getattr(model, "replay", None):
-            layer.trainable = layer is model.head or layer.name in names
+class _TrainOnly(tf.keras.callbacks.Callback):
+    """Train only these layers during this fit (naive fine-tuning's freezing)."""
+
+    def __init__(self, keep: Sequence[Any]) -> None:
+        super().__init__()
+        self.keep = list(keep)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        freeze_all_but(self.model, self.keep)
 
 
 def train_joint(

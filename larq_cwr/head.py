@@ -18,6 +18,7 @@ import tensorflow as tf
 __all__ = ["CWRStarHead", "class_counts_array", "consolidate_kernel", "reset_kernel"]
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def reset_kernel(
     consolidated: tf.Tensor, past_counts: tf.Tensor, class_counts: tf.Tensor
 ) -> tf.Tensor:
@@ -38,6 +39,7 @@ def reset_kernel(
     return tf.where(restore[tf.newaxis, :], consolidated, tf.zeros_like(consolidated))
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def consolidate_kernel(
     kernel: tf.Tensor,
     consolidated: tf.Tensor,

@@ -73,6 +73,7 @@ def _resolve_range(
 _MIN_SPAN = 1e-30  # stands in for a zero span; (2^16 - 1) / _MIN_SPAN stays finite
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def snap_to_grid(
     x: tf.Tensor,
     bits: int,
@@ -140,6 +141,7 @@ def _hash_u32(x: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def counter_uniform(shape: Any, *, seed: Any, counter: Any) -> tf.Tensor:
     """Uniform ``[0, 1)`` float32 noise of ``shape`` from a counter-based hash.
 

@@ -80,6 +80,7 @@ class HybridStepResult(NamedTuple):
     feature_gradient: tf.Tensor | None = None  # g_q W_q^T, when asked for
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
     """``p - onehot(y)`` for int labels ``(batch,)``/``(batch, 1)`` or one-hot labels."""
     num_classes = probabilities.shape[-1]
@@ -92,6 +93,7 @@ def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
     return probabilities - onehot
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def hybrid_sgd_step(
     kernel: tf.Tensor,
     features: tf.Tensor,
