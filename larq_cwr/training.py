@@ -420,6 +420,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return bool(self._calibrated.numpy())
 
     @property
+    def noise_counter(self) -> int:
+        """Values drawn so far from the stochastic-rounding noise (``counter_uniform``)."""
+        return int(self._noise_counter.numpy())
+
+    @property
     def feature_range(self) -> np.ndarray:
         """Copy of the static (min, max) of the head's input features."""
         return self._feature_range.numpy().copy()
