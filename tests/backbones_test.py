@@ -113,13 +113,14 @@ def test_bnn32_architecture():
         assert layer.kernel_constraint.clip_value == 1.25
         signs = layer.kernel_quantizer(tf.convert_to_tensor(layer.kernel)).numpy()
         assert set(np.unique(signs)) == {-1.0, 1.0}
-    # Stem + binary blocks + transitions; BatchNorm has 4 values per channel.
+    # Stem + binary blocks + transitions + the pooled features' BatchNorm; BatchNorm has
+    # 4 values per channel.
     stem = 9 * 1 * 32 + 4 * 32
     sections = sum(
         c_in * c + 4 * c + 2 * (9 * c * c + 4 * c)
         for c_in, c in [(32, 64), (64, 128), (128, 256)]
     )
-    assert model.count_params() == stem + sections == 1_597_088
+    assert model.count_params() == stem + sections + 4 * 256 == 1_598_112
     assert [model.get_layer(p).output_shape for p in split_points(model)] == [
         (None, 16, 16, 32),
         (None, 8, 8, 64),
