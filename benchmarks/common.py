@@ -1,13 +1,15 @@
 """Shared benchmark plumbing: code-keyed caches and Split-CIFAR-10 streams.
 
 Every cached result (a per-seed JSON record, a first-experience network) is keyed by
-`code_hash()`, a hash of the `larq_cwr` sources and of this module, beside the run's
-settings, which name the script and its own hash (`file_hash`): a table in `docs/` is
-always computed by the code at HEAD, never read from a cache written by older code.
+`code_hash()`, a hash of this module and of every `larq_cwr` module it imports (at any
+depth), beside the run's settings, which name the script and its own hash
+(`file_hash`): a table in `docs/` is always computed by the code at HEAD, never read
+from a cache written by older code.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import hashlib
@@ -45,12 +47,44 @@ logger = logging.getLogger("benchmarks")
 
 @functools.lru_cache(maxsize=None)
 def code_hash() -> str:
-    """SHA-256 (16 hex digits) of every `larq_cwr` source file and of this module."""
+    """SHA-256 (16 hex digits) of the code a benchmark runs: this module and every
+    `larq_cwr` module it reaches through import statements (at any depth, function-level
+    imports included). Modules no benchmark reaches (the CLI, the device export) can
+    change without invalidating the results."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "larq_cwr").rglob("*.py")) + [pathlib.Path(__file__)]:
+    for path in [*_reachable_sources(pathlib.Path(__file__)), pathlib.Path(__file__)]:
         digest.update(str(path.resolve().relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _reachable_sources(start: pathlib.Path) -> list[pathlib.Path]:
+    """`larq_cwr` source files reachable from `start` through import statements."""
+    package = ROOT / "larq_cwr"
+    found: set[pathlib.Path] = set()
+    pending = [start]
+    while pending:
+        tree = ast.parse(pending.pop().read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name != "larq_cwr" and not name.startswith("larq_cwr."):
+                    continue
+                relative = pathlib.Path(*name.split(".")[1:])
+                for candidate in (
+                    package / relative / "__init__.py",
+                    (package / relative).with_suffix(".py"),
+                    package / "__init__.py",
+                ):
+                    if candidate.is_file() and candidate not in found:
+                        found.add(candidate)
+                        pending.append(candidate)
+                        break
+    return sorted(found)
 
 
 def file_hash(path: str | pathlib.Path) -> str:
@@ -103,11 +137,23 @@ def split_validation(scenario, seed: int):
 
 
 def make_stream(
-    data, scenario_name: str, seed: int, *, first_epochs: int, epochs: int
+    data,
+    scenario_name: str,
+    seed: int,
+    *,
+    first_epochs: int,
+    epochs: int,
+    backbone: str = "bnn32",
+    **training: Any,
 ) -> Stream:
-    """Scenario, validation split, first-experience network (cached) and features."""
+    """Scenario, validation split, first-experience network (cached) and latents
+    (``training``: more `TrainingConfig` fields, e.g. ``trainable_blocks``)."""
     config = TrainingConfig(
-        seed=seed, first_epochs=first_epochs, epochs=epochs, backbone="bnn32"
+        seed=seed,
+        first_epochs=first_epochs,
+        epochs=epochs,
+        backbone=backbone,
+        **training,
     )
     full = make_scenario(
         scenario_name,
@@ -138,7 +184,9 @@ def make_stream(
 def first_experience(scenario, config: TrainingConfig, scenario_name: str):
     """Train (or reload from the user cache, same code only) a seed's first network."""
     name = (
-        f"split_cifar10_{scenario_name}_seed{config.seed}_epochs{config.first_epochs}_"
+        f"split_cifar10_{scenario_name}_{config.backbone}_k{config.trainable_blocks}_"
+        f"seed{config.seed}_"
+        f"epochs{config.first_epochs}_"
         f"{'-'.join(map(str, scenario.class_order))}_{code_hash()}.npz"
     )
     path = default_cache_dir() / "benchmarks" / name

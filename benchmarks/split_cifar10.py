@@ -79,7 +79,7 @@ def tune_learning_rate(validation, first_weights, variant, config):
     scores = {}
     for rate in LEARNING_RATES:
         trial = dataclasses.replace(config, learning_rate=rate)
-        result = run_stream(validation, first_weights, variant, trial)
+        result = run_stream(validation, variant, first_weights=first_weights, config=trial)
         scores[rate] = result.accuracy.final_accuracy()
     best = max(scores, key=scores.get)
     logger.info("%s: validation accuracy per lr %s -> %s", variant.name, scores, best)
@@ -187,7 +187,7 @@ def run_seed(data, scenario_name, seed, args):
     ):
         record[key] = {}
         for variant in (Variant.cwr(), *VARIANTS, NAIVE):
-            rate = rates[1] if variant.strategy == "naive" else rates[0]
+            rate = rates[1] if variant.strategy == "finetune" else rates[0]
             trial = dataclasses.replace(config, learning_rate=rate)
             result = run_stream(
                 stream.test, variant, first_weights=stream.first_weights, config=trial

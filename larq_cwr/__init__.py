@@ -1,8 +1,9 @@
 """larq_cwr: on-device continual learning with binary neural networks (CWR* on Larq)."""
 
-from larq_cwr._compat import ensure_legacy_keras
+from larq_cwr._compat import ensure_legacy_keras, import_tensorflow_quietly
 
 ensure_legacy_keras()
+import_tensorflow_quietly()
 
 from larq_cwr import quantizers  # noqa: E402
 from larq_cwr.callbacks import CWRStar, count_classes  # noqa: E402

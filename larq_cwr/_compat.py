@@ -1,8 +1,11 @@
 """Keras 2 guard: larq needs tf-keras (Keras 2), which TensorFlow 2.16+ only loads
 when ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow is imported."""
 
+import importlib
 import os
+import re
 import sys
+import tempfile
 
 LEGACY_KERAS_VARIABLE = "TF_USE_LEGACY_KERAS"
 _TRUE_VALUES = ("1", "true", "True")  # the values TensorFlow's lazy loader accepts
@@ -62,3 +65,48 @@ def _loaded_keras_version() -> "str | None":
         return str(keras.__version__)
     except (AttributeError, ImportError):  # TensorFlow still importing, or no Keras at all
         return None
+
+
+# TensorFlow's C++ start-up lines that say nothing about the user's run: CUDA plugins
+# registered twice or absent on a CPU machine, absl's pre-init notice, CPU features.
+# TF_CPP_MIN_LOG_LEVEL does not silence them (absl writes before it is configured).
+_STARTUP_NOISE = re.compile(
+    r"cuda_(dnn|blas|fft|platform)\.cc|cudart_stub\.cc|computation_placer\.cc|"
+    r"absl::InitializeLog|cpu_feature_guard\.cc|"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up noise filtered out of stderr.
+
+    The import writes to file descriptor 2 from C++, below Python's ``sys.stderr``, so
+    the descriptor is pointed at a temporary file while TensorFlow loads; afterwards
+    every captured line except the known start-up noise (``_STARTUP_NOISE``) is written
+    to stderr, so real warnings and errors still reach the user. A no-op when
+    TensorFlow is already imported.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no usable descriptor 2
+        importlib.import_module("tensorflow")
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            tensorflow = importlib.import_module("tensorflow")
+            # Device discovery (CUDA's init failure on a CPU machine) happens here too,
+            # not at the first op; it leaves threading and device options settable.
+            tensorflow.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _STARTUP_NOISE.search(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()

@@ -101,6 +101,15 @@ BACKBONE_SPECS: dict[str, BackboneSpec] = {
         min_size=8,
         input_mean=(0.5,),  # maps [0, 1] to [-1, 1]
         input_std=(0.5,),
+    ),
+    "bnn32_norm": BackboneSpec(  # bnn32 with batch-normalized pooled features
+        family="bnn",
+        stem_filters=32,
+        section_filters=(64, 128, 256),
+        section_blocks=(2, 2, 2),
+        min_size=8,
+        input_mean=(0.5,),
+        input_std=(0.5,),
         normalize_features=True,
     ),
     "quicknet_small": BackboneSpec(
@@ -367,6 +376,12 @@ def _load_weights(model: tf.keras.Model, path: str) -> None:
         raise ValueError(
             f"`weights` file {path!r} does not fit backbone {model.name!r} with input "
             f"shape {model.input_shape[1:]}: {error}"
+        ) from error
+    except OSError as error:  # h5py: truncated, empty or not HDF5 at all
+        raise ValueError(
+            f"`weights` file {path!r} is truncated, corrupt or not a weights file; "
+            f"expected HDF5 written by `save_backbone` or `save_weights`, got "
+            f"{type(error).__name__}: {error}"
         ) from error
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from larq_cwr._checks import check_inputs, check_labels, check_positive_int
 from larq_cwr.head import CWRStarHead, class_counts_array
 
 __all__ = ["CWRStar", "count_classes", "freeze_all_but"]
@@ -22,35 +23,24 @@ def count_classes(labels: npt.ArrayLike, num_classes: int) -> np.ndarray:
     """Count patterns per class in integer (or one-hot) labels.
 
     Args:
-        labels: Int labels of shape ``(n,)`` / ``(n, 1)``, or one-hot ``(n, num_classes)``.
+        labels: Int labels (integral floats too) of shape ``(n,)`` / ``(n, 1)``,
+            one-hot ``(n, num_classes)``, or one label (a scalar: a dataset element).
         num_classes: Number of classes.
 
     Returns:
         Int64 array of shape ``(num_classes,)``.
 
     Raises:
-        ValueError: Labels that are not integers, NaN, or outside ``[0, num_classes)``.
+        ValueError: Labels that are not integers, NaN/Inf, of another shape, or outside
+            ``[0, num_classes)``.
     """
+    num_classes = check_positive_int(num_classes, "num_classes")
     values = np.asarray(labels)
+    if values.ndim == 0:
+        values = values.reshape(1)
     if values.ndim == 2 and values.shape[1] == num_classes and num_classes > 1:
-        values = values.argmax(axis=1)
-    values = values.reshape(-1)
-    if values.size and values.dtype.kind == "f":
-        if np.isnan(values).any():
-            raise ValueError("`labels` contain NaN.")
-        if not np.all(values == np.round(values)):
-            raise ValueError("`labels` must be integer class indices.")
-    elif values.size and values.dtype.kind not in "iu":
-        raise ValueError(
-            f"`labels` must be integer class indices; got dtype {values.dtype}."
-        )
-    values = values.astype(np.int64)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        raise ValueError(
-            f"`labels` has class {int(bad[0])}; expected 0 <= class < "
-            f"num_classes={num_classes}."
-        )
+        values = check_inputs(values, "labels").argmax(axis=1)  # one-hot: finite rows
+    values = check_labels(values, "labels", num_classes=num_classes)
     return np.bincount(values, minlength=num_classes).astype(np.int64)
 
 
@@ -108,6 +98,13 @@ class CWRStar(tf.keras.callbacks.Callback):
             class_counts = count_classes(labels, head.num_classes)
         self.head = head
         self.class_counts = class_counts_array(class_counts, head.num_classes)
+        if isinstance(trainable_layers, str) or not all(
+            isinstance(name, str) for name in trainable_layers
+        ):
+            raise ValueError(
+                "`trainable_layers` is not a sequence of layer names; expected e.g. "
+                f"['block_3'], got {trainable_layers!r}."
+            )
         self.trainable_layers = tuple(trainable_layers)
         self.freeze_after_first = bool(freeze_after_first)
 

@@ -1,4 +1,4 @@
-"""``larq-cwr``: run a continual-learning stream or pretrain a backbone.
+"""``larq-cwr``: run a continual-learning stream, pretrain a backbone, export for a device.
 
 ``larq-cwr run`` with no argument learns sklearn digits (embedded, no download) in 5
 class-incremental experiences and writes ``report.json``, plots and the model to
@@ -22,12 +22,17 @@ def _parser() -> argparse.ArgumentParser:
     from larq_cwr.datasets import DATASET_NAMES
     from larq_cwr.experiment import (
         DEFAULT_BATCH_SIZE,
-        DEFAULT_EPOCHS,
         DEFAULT_FIRST_EPOCHS,
         DEFAULT_FIRST_LEARNING_RATE,
-        DEFAULT_HEAD_LEARNING_RATE,
+        MAIN_JOB_BACKBONE,
+        MAIN_JOB_EPOCHS,
+        MAIN_JOB_LEARNING_RATE,
+        MAIN_JOB_VARIANT,
+        REPLAY_STORAGES,
+        STRATEGY_NAMES,
     )
     from larq_cwr.scenarios import SCENARIO_NAMES
+    from larq_cwr.training import DEFAULT_REPLAY_BATCH_SIZE
 
     parser = argparse.ArgumentParser(prog="larq-cwr", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,32 +48,84 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--scenario", choices=SCENARIO_NAMES, default="nc")
     run.add_argument("--experiences", type=int, default=5)
-    run.add_argument("--backbone", choices=BACKBONE_NAMES, default="bnn32")
+    run.add_argument("--backbone", choices=BACKBONE_NAMES, default=MAIN_JOB_BACKBONE)
     run.add_argument("--backbone-weights", help="local weights file for the backbone")
+    run.add_argument(
+        "--strategy",
+        choices=STRATEGY_NAMES,
+        default=MAIN_JOB_VARIANT.strategy,
+        help="cwr: CWR* reset and consolidation; finetune: plain fine-tuning (with "
+        "--replay: plain latent replay) (default: %(default)s, the best measured)",
+    )
     precision = run.add_mutually_exclusive_group()
-    precision.add_argument("--float", action="store_true", help="float CWR* head update")
-    precision.add_argument("--forward-bits", type=int, default=8)
-    run.add_argument("--update-bits", type=int, default=16)
+    precision.add_argument("--float", action="store_true", help="float update (no bits)")
+    precision.add_argument(
+        "--forward-bits", type=int, default=MAIN_JOB_VARIANT.forward_bits
+    )
+    run.add_argument("--update-bits", type=int, default=MAIN_JOB_VARIANT.update_bits)
     run.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
     run.add_argument(
-        "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per later experience"
+        "--replay",
+        choices=REPLAY_STORAGES,
+        default=MAIN_JOB_VARIANT.replay,
+        help="latent replay memory storage (default: %(default)s)",
+    )
+    run.add_argument(
+        "--replay-size",
+        type=int,
+        default=MAIN_JOB_VARIANT.replay_size,
+        help="replay memory slots (default: %(default)s)",
+    )
+    run.add_argument(
+        "--replay-batch-size",
+        type=int,
+        default=DEFAULT_REPLAY_BATCH_SIZE,
+        help="replayed latents appended to each batch (default: %(default)s)",
+    )
+    run.add_argument(
+        "--trainable-blocks",
+        type=int,
+        default=0,
+        help="train the last K binary blocks too (quantized back-prop); the latents "
+        "of replay are their input (default: 0, the head's input)",
+    )
+    run.add_argument(
+        "--backward-bits",
+        type=int,
+        default=None,
+        help="bits of the gradients through trainable blocks (default: float)",
+    )
+    run.add_argument(
+        "--epochs",
+        type=int,
+        default=MAIN_JOB_EPOCHS,
+        help="epochs per later experience (default: %(default)s)",
     )
     run.add_argument("--first-epochs", type=int, default=DEFAULT_FIRST_EPOCHS)
     run.add_argument(
         "--learning-rate",
         type=float,
-        default=DEFAULT_HEAD_LEARNING_RATE,
-        help="SGD learning rate of the head after the first experience",
+        default=MAIN_JOB_LEARNING_RATE,
+        help="SGD learning rate after the first experience (default: %(default)s)",
     )
     run.add_argument(
         "--first-learning-rate", type=float, default=DEFAULT_FIRST_LEARNING_RATE
     )
     run.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     run.add_argument(
-        "--no-baselines", action="store_true", help="skip naive and joint runs"
+        "--no-baselines",
+        action="store_true",
+        help="run only the main variant (no float twin, head-only CWR*, naive, joint)",
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", type=pathlib.Path, help="output folder")
+    run.add_argument(
+        "--resume",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="continue the unfinished run in DIR from its last completed experience "
+        "(its options come from DIR's checkpoint; others given here are ignored)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pretrain = commands.add_parser("pretrain", help="pretrain a backbone on chosen classes")
@@ -94,6 +151,23 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument(
         "--out", type=pathlib.Path, required=True, help="weights file to write (.h5)"
     )
+    export = commands.add_parser("export", help="export a trained model for a device")
+    export.add_argument(
+        "model", type=pathlib.Path, help="run folder (with model.keras) or .keras file"
+    )
+    export.add_argument("--out", type=pathlib.Path, required=True, help="export folder")
+    export.add_argument(
+        "--class-names", nargs="+", help="one name per class (default: the run's)"
+    )
+    report = commands.add_parser("report", help="memory a model needs on a device")
+    report.add_argument(
+        "model", type=pathlib.Path, help="run folder (with model.keras) or .keras file"
+    )
+    report.add_argument(
+        "--export-dir", type=pathlib.Path, help="read the files of an earlier export"
+    )
+    report.add_argument("--batch-size", type=int, default=50, help="of the train step")
+    report.add_argument("--json", type=pathlib.Path, help="also write the report here")
     return parser
 
 
@@ -103,74 +177,87 @@ def _image_size(args: argparse.Namespace) -> int | None:
     return 16 if args.dataset == "digits" else None
 
 
-def _progress_factory(enabled: bool):
-    if not enabled:
-        return None
-    import tensorflow as tf
-    from tqdm.auto import tqdm
+class _RunProgress:
+    """Progress bars: one for the whole run (steps left and its ETA), one per fit
+    advancing per batch (a long epoch still moves), with the latest loss/accuracy."""
 
-    class EpochProgress(tf.keras.callbacks.Callback):
-        """One tqdm bar per experience, advancing per epoch, showing loss/accuracy."""
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
 
-        def __init__(self, label: str, epochs: int) -> None:
-            super().__init__()
-            self.label, self.epochs = label, epochs
+        self._tqdm, self.run_bar = tqdm, None
 
-        def on_train_begin(self, logs=None):
-            self.bar = tqdm(
-                total=self.epochs,
-                desc=self.label,
-                unit="epoch",
-                leave=False,
-                file=sys.stdout,
-            )
+    def plan(self, steps: int) -> None:
+        """``run_experiment``'s ``on_plan``: the run's remaining training steps."""
+        self.run_bar = self._tqdm(
+            total=steps, desc="run", unit="step", file=sys.stdout, position=0
+        )
 
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-            self.bar.update(1)
+    def close(self) -> None:
+        if self.run_bar is not None:
+            self.run_bar.close()
 
-        def on_train_end(self, logs=None):
-            self.bar.close()
+    def __call__(self, variant: str, experience: int, epochs: int):
+        """``run_experiment``'s callback factory: one bar for this fit."""
+        import tensorflow as tf
 
-    def factory(variant: str, experience: int, epochs: int):
-        return [EpochProgress(f"{variant} experience {experience}", epochs)]
+        progress = self
 
-    return factory
+        class FitProgress(tf.keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                steps = self.params.get("steps") or 0
+                self.bar = progress._tqdm(
+                    total=epochs * steps or None,
+                    desc=f"{variant} experience {experience}",
+                    unit="step",
+                    leave=False,
+                    file=sys.stdout,
+                    position=1,
+                )
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+                if progress.run_bar is not None:
+                    progress.run_bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                self.bar.set_postfix(
+                    {"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in logs.items()}}
+                )
+
+            def on_train_end(self, logs=None):
+                self.bar.close()
+
+        return [FitProgress()]
 
 
-def _run(args: argparse.Namespace) -> int:
-    from larq_cwr.experiment import (
-        NAIVE,
-        ExperimentConfig,
-        TrainingConfig,
-        Variant,
-        run_experiment,
+def _main_variant(args: argparse.Namespace):
+    from larq_cwr.experiment import Variant
+
+    bits = (None, None) if args.float else (args.forward_bits, args.update_bits)
+    make = Variant.cwr if args.strategy == "cwr" else Variant.finetune
+    return make(
+        *bits,
+        rounding=args.rounding,
+        replay=args.replay,
+        replay_size=args.replay_size,
+        train_blocks=args.trainable_blocks > 0,
+        backward_bits=args.backward_bits,
     )
-    from larq_cwr.reporting import (
-        format_table,
-        plot_accuracy_curves,
-        plot_accuracy_matrix,
-        write_json,
-    )
 
-    main = (
-        Variant.cwr()
-        if args.float
-        else Variant.cwr(args.forward_bits, args.update_bits, rounding=args.rounding)
-    )
-    variants = [main]
-    if not args.no_baselines:
-        if main != Variant.cwr():
-            variants.append(Variant.cwr())  # float CWR* beside the hybrid one
-        variants.append(NAIVE)
-    config = ExperimentConfig(
+
+def _config(args: argparse.Namespace):
+    """The run's ExperimentConfig from the command line."""
+    from larq_cwr.experiment import ExperimentConfig, TrainingConfig, with_baselines
+
+    main = _main_variant(args)
+    return ExperimentConfig(
         dataset=args.dataset,
         data_dir=args.data_dir,
         image_size=_image_size(args),
         scenario=args.scenario,
         experiences=args.experiences,
-        variants=tuple(variants),
+        variants=(main,) if args.no_baselines else with_baselines(main),
         joint=not args.no_baselines,
         training=TrainingConfig(
             backbone=args.backbone,
@@ -181,17 +268,75 @@ def _run(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             batch_size=args.batch_size,
             seed=args.seed,
+            trainable_blocks=args.trainable_blocks,
+            replay_batch_size=args.replay_batch_size,
         ),
     )
+
+
+def _checkpoint_and_config(args: argparse.Namespace):
+    """``(out folder, RunCheckpoint, ExperimentConfig, resuming)``; checks the folder
+    before anything is written to it."""
+    from larq_cwr.checkpoint import CHECKPOINT_FILE, RunCheckpoint
+    from larq_cwr.experiment import ExperimentConfig
+
+    if args.resume is not None:
+        out = args.resume
+        path = out / CHECKPOINT_FILE
+        if not path.is_file():
+            raise ValueError(
+                f"`--resume` {str(out)!r} holds no unfinished run; expected a folder "
+                f"with {CHECKPOINT_FILE} (a run's --out, killed before it finished)"
+            )
+        key = RunCheckpoint.read_key(path)
+        try:
+            config = ExperimentConfig.from_dict(key["config"])
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"Checkpoint {str(path)!r} holds no run configuration this version "
+                f"can read ({error})"
+            ) from error
+        return out, RunCheckpoint(path, key=key), config, True
+    config = _config(args)
     out = args.out or pathlib.Path("runs") / f"{args.dataset}-{args.scenario}"
-    out.mkdir(parents=True, exist_ok=True)
+    path = out / CHECKPOINT_FILE
+    if path.exists():
+        raise ValueError(
+            f"`--out` {str(out)!r} holds an unfinished run ({CHECKPOINT_FILE}); "
+            f"expected a new folder, or `larq-cwr run --resume {out}` to continue it"
+        )
+    return out, RunCheckpoint(path, key={"config": config.to_dict()}), config, False
+
+
+def _run(args: argparse.Namespace) -> int:
+    from larq_cwr.experiment import run_experiment
+    from larq_cwr.reporting import (
+        format_table,
+        plot_accuracy_curves,
+        plot_accuracy_matrix,
+        write_json,
+    )
+
+    out, checkpoint, config, resuming = _checkpoint_and_config(args)
+    main = config.variants[0]
+    training = config.training
     print(
-        f"larq-cwr: {args.dataset} {args.scenario.upper()} x{args.experiences}, "
-        f"backbone {args.backbone}, variants {[v.name for v in variants]} -> {out}"
+        f"larq-cwr: {config.dataset} {config.scenario.upper()} x{config.experiences}, "
+        f"backbone {training.backbone}, variants {[v.name for v in config.variants]} "
+        f"-> {out}" + (" (resuming)" if resuming else "")
     )
-    report, results = run_experiment(
-        config, callbacks=_progress_factory(not args.no_progress)
-    )
+    progress = None if args.no_progress else _RunProgress()
+    try:
+        report, results = run_experiment(
+            config,
+            callbacks=progress,
+            checkpoint=checkpoint,
+            on_plan=progress.plan if progress is not None else None,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    experiences = config.experiences
 
     rows = []
     for name, summary in report["variants"].items():
@@ -205,7 +350,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     headers = [
         "strategy",
-        *[f"exp {i}" for i in range(args.experiences)],
+        *[f"exp {i}" for i in range(experiences)],
         "avg (seen)",
         "forgetting",
     ]
@@ -213,7 +358,7 @@ def _run(args: argparse.Namespace) -> int:
         rows.append(
             [
                 "joint (upper bound)",
-                *[float("nan")] * (args.experiences - 1),
+                *[float("nan")] * (experiences - 1),
                 100 * report["joint"]["final_accuracy"],
                 float("nan"),
                 float("nan"),
@@ -222,6 +367,7 @@ def _run(args: argparse.Namespace) -> int:
     table = format_table(headers, rows)
     print("\nAccuracy (%) on all classes after each experience:\n" + table)
 
+    out.mkdir(parents=True, exist_ok=True)  # after the run: a failed one writes nothing
     model = results[main.name].model
     model_path = out / "model.keras"
     model.save(model_path)
@@ -239,6 +385,7 @@ def _run(args: argparse.Namespace) -> int:
     }
     write_json(report, out / "report.json")
     (out / "results.md").write_text(table + "\n")
+    checkpoint.remove()  # finished: nothing left to resume
     print(
         f"\nWrote {out / 'report.json'}, plots and {model_path} "
         f"({report['total_seconds']:.0f} s)."
@@ -274,17 +421,55 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from larq_cwr.export import export_for_device
+
+    result = export_for_device(args.model, args.out, class_names=args.class_names)
+    files = result.read_manifest()["files"]
+    print(
+        f"Wrote {result.backbone} ({files['backbone.tflite']['bytes']:,} B, "
+        f"{result.binary_convolutions} LceBconv2d), {result.head} "
+        f"({files['head.tflite']['bytes']:,} B) and {result.manifest}."
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from larq_cwr.memory import format_memory_report, memory_report
+    from larq_cwr.reporting import write_json
+
+    report = memory_report(
+        args.model, export_dir=args.export_dir, batch_size=args.batch_size
+    )
+    print(format_memory_report(report))
+    if args.json is not None:
+        write_json(report, args.json)
+        print(f"Wrote {args.json}.")
+    return 0
+
+
+def _quiet_tensorflow() -> None:
+    """No TensorFlow chatter on the terminal: C++ logs below errors, absl and TF's
+    Python loggers at errors (the start-up noise is filtered at import, see
+    ``larq_cwr._compat.import_tensorflow_quietly``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import absl.logging
+    import tensorflow as tf
+
+    import larq_cwr  # noqa: F401  (Keras 2 guard, quiet TensorFlow import)
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    tf.get_logger().setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``larq-cwr`` command."""
-    os.environ.setdefault(
-        "TF_CPP_MIN_LOG_LEVEL", "2"
-    )  # quiet TensorFlow's C++ start-up logs
-    import larq_cwr  # noqa: F401  (Keras 2 guard before TensorFlow loads)
-
+    _quiet_tensorflow()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args) if args.command == "run" else _pretrain(args)
+        command = {"run": _run, "pretrain": _pretrain, "export": _export, "report": _report}
+        return command[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         print(f"larq-cwr: error: {error}", file=sys.stderr)
         return 2

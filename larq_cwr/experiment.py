@@ -22,9 +22,16 @@ from larq_cwr._checks import (
     check_optional_bits,
     check_positive_int,
     check_positive_number,
+    check_seed,
 )
-from larq_cwr.backbones import block_input_layer, build_backbone, split_backbone
+from larq_cwr.backbones import (
+    BACKBONE_NAMES,
+    block_input_layer,
+    build_backbone,
+    split_backbone,
+)
 from larq_cwr.callbacks import CWRStar, freeze_all_but
+from larq_cwr.checkpoint import RunCheckpoint
 from larq_cwr.head import CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
 from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES
@@ -34,6 +41,8 @@ from larq_cwr.training import DEFAULT_REPLAY_BATCH_SIZE, HybridQuantizedTrainSte
 
 __all__ = [
     "LATENT_LAYER",
+    "MAIN_JOB_BACKBONE",
+    "MAIN_JOB_VARIANT",
     "NAIVE",
     "ExperimentConfig",
     "FrozenFeatures",
@@ -48,11 +57,12 @@ __all__ = [
     "run_stream",
     "train_first_experience",
     "train_joint",
+    "with_baselines",
 ]
 
 logger = logging.getLogger(__name__)
 
-STRATEGY_NAMES = ("cwr", "naive")
+STRATEGY_NAMES = ("cwr", "finetune")
 # METHOD §4 reference defaults: head SGD lr 0.0025, 5 epochs, minibatch 50; experience
 # 0 trains the whole net in float for 10 epochs.
 DEFAULT_HEAD_LEARNING_RATE = 0.0025
@@ -61,6 +71,15 @@ DEFAULT_FIRST_EPOCHS = 10
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_FIRST_LEARNING_RATE = 1e-3  # Adam, for training the binary net from scratch
 DEFAULT_REPLAY_SIZE = 300  # METHOD §5: 300 slots on CIFAR-10
+# The main job (`larq-cwr run` with no argument): the best configuration measured on
+# digits over seeds 0-4 (docs/replay.md, benchmarks/digits_replay.py): plain latent
+# replay (no CWR* consolidation) of 300 int8 pooled features, hybrid 8/16, 100 epochs
+# per experience at lr 0.16; the reference budget (5 epochs at lr 0.0025) is far too
+# small for experiences of ~270 images.
+# Normalized pooled features let replay balance old and new classes (docs/replay.md).
+MAIN_JOB_BACKBONE = "bnn32_norm"
+MAIN_JOB_EPOCHS = 100
+MAIN_JOB_LEARNING_RATE = 0.16
 REPLAY_STORAGES = ("none", *STORAGES)
 
 CallbackFactory = Callable[[str, int, int], Sequence[tf.keras.callbacks.Callback]]
@@ -72,8 +91,10 @@ class Variant:
 
     Args:
         name: Label used in reports.
-        strategy: ``"cwr"`` (CWR* consolidation) or ``"naive"`` (the head keeps
-            fine-tuning, no reset or consolidation: the lower bound).
+        strategy: ``"cwr"`` (CWR* reset and consolidation) or ``"finetune"`` (the
+            head, and trained blocks, keep fine-tuning: no reset, no consolidation;
+            without replay this is naive fine-tuning, the lower bound; with replay it
+            is plain latent replay).
         forward_bits: Forward bits of the hybrid update, None for float.
         update_bits: Stored-weight bits of the hybrid head update, None for float.
         rounding: ``"nearest"`` or ``"stochastic"`` rounding of the stored update.
@@ -114,44 +135,62 @@ class Variant:
         cls,
         forward_bits: int | None = None,
         update_bits: int | None = None,
-        *,
-        rounding: str = "nearest",
-        grid: str = DEFAULT_GRID,
-        replay: str = "none",
-        replay_size: int = DEFAULT_REPLAY_SIZE,
-        train_blocks: bool = False,
-        backward_bits: int | None = None,
+        **options: Any,
     ) -> "Variant":
-        """A CWR* variant named after its settings, e.g. ``cwr_8_16``, ``cwr_float`` or
-        ``cwr_8_16_replay-1bit-300_blocks-qb16``; a non-default rounding or grid is
-        appended (``cwr_8_8_stochastic_paper``)."""
+        """A CWR* variant named after its settings: ``cwr_8_16``, ``cwr_float``,
+        ``cwr_8_8_stochastic_paper``, ``cwr_8_16_replay-1bit-300_blocks-qb16``.
+
+        Args:
+            forward_bits: Forward bits, None for float.
+            update_bits: Stored-weight bits, None for float.
+            **options: The other fields (``rounding``, ``grid``, ``replay``,
+                ``replay_size``, ``train_blocks``, ``backward_bits``).
+        """
+        return cls._named("cwr", forward_bits, update_bits, options)
+
+    @classmethod
+    def finetune(
+        cls,
+        forward_bits: int | None = None,
+        update_bits: int | None = None,
+        **options: Any,
+    ) -> "Variant":
+        """A fine-tuning variant (no CWR* reset or consolidation), named like ``cwr``'s
+        with a ``finetune`` prefix: ``finetune_8_16_replay-int8-300``."""
+        return cls._named("finetune", forward_bits, update_bits, options)
+
+    @classmethod
+    def _named(
+        cls,
+        strategy: str,
+        forward_bits: int | None,
+        update_bits: int | None,
+        options: dict[str, Any],
+    ) -> "Variant":
+        allowed = {f.name for f in dataclasses.fields(cls)} - {"name", "strategy"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(
+                f"Unknown variant options {unknown}; expected some of {sorted(allowed)}."
+            )
+        variant = cls("", strategy, forward_bits, update_bits, **options)
         if forward_bits is None and update_bits is None:
-            name = "cwr_float"
+            name = f"{strategy}_float"
         else:
-            name = f"cwr_{forward_bits or 'f'}_{update_bits or 'f'}"
-        if rounding != "nearest":
-            name += f"_{rounding}"
-        if grid != DEFAULT_GRID:
-            name += f"_{grid}"
-        if replay != "none":
-            name += f"_replay-{replay}-{replay_size}"
-        if train_blocks:
-            name += f"_blocks-qb{backward_bits or 'f'}"
-        return cls(
-            name,
-            "cwr",
-            forward_bits,
-            update_bits,
-            rounding,
-            grid,
-            replay,
-            replay_size,
-            train_blocks,
-            backward_bits,
-        )
+            name = f"{strategy}_{forward_bits or 'f'}_{update_bits or 'f'}"
+        if variant.rounding != "nearest":
+            name += f"_{variant.rounding}"
+        if variant.grid != DEFAULT_GRID:
+            name += f"_{variant.grid}"
+        if variant.replay != "none":
+            name += f"_replay-{variant.replay}-{variant.replay_size}"
+        if variant.train_blocks:
+            name += f"_blocks-qb{variant.backward_bits or 'f'}"
+        return dataclasses.replace(variant, name=name)
 
 
-NAIVE = Variant("naive", "naive")
+NAIVE = Variant("naive", "finetune")  # head fine-tuning without replay: the lower bound
+MAIN_JOB_VARIANT = Variant.finetune(8, 16, replay="int8", replay_size=DEFAULT_REPLAY_SIZE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +227,8 @@ class TrainingConfig:
     block_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
+        check_choice(self.backbone, BACKBONE_NAMES, "backbone")
+        check_seed(self.seed)
         for name in ("first_epochs", "epochs", "batch_size", "replay_batch_size"):
             check_positive_int(getattr(self, name), name)
         for name in ("first_learning_rate", "learning_rate"):
@@ -227,6 +268,22 @@ class VariantResult:
             "forgetting": self.accuracy.forgetting(),
             "fit_seconds": self.fit_seconds,
             "accuracy_matrix": self.accuracy.to_dict(),
+            "replay_memory": self.memory_summary(),
+        }
+
+    def memory_summary(self) -> dict[str, Any] | None:
+        """Bytes of the replay memory (None without replay): its pattern storage, the
+        rest of its state, and what float32 storage of the same patterns would take."""
+        memory = self.model.replay
+        if memory is None or not memory.built:
+            return None
+        return {
+            "storage": memory.storage,
+            "size": memory.size,
+            "filled": memory.filled,
+            "pattern_bytes": memory.nbytes,
+            "overhead_bytes": memory.overhead_bytes,
+            "float32_pattern_bytes": memory.size * int(np.prod(memory.latent_shape)) * 4,
         }
 
 
@@ -430,6 +487,8 @@ def run_stream(
     first_weights: list[np.ndarray],
     config: TrainingConfig,
     callbacks: CallbackFactory | None = None,
+    resume: dict[str, Any] | None = None,
+    on_experience: Callable[[dict[str, Any]], None] | None = None,
 ) -> VariantResult:
     """Learn experiences 1.. with ``variant`` from the shared first experience.
 
@@ -447,6 +506,10 @@ def run_stream(
         config: Hyper-parameters.
         callbacks: Optional factory ``(variant name, experience, epochs) -> callbacks``
             (progress bars).
+        resume: A state ``on_experience`` received: continue after its experience.
+        on_experience: Called after each experience with the state to resume from:
+            ``{"index", "weights" (all the model's weights), "accuracy",
+            "fit_seconds"}``.
 
     Returns:
         The variant's accuracy matrix, fit times and the full model.
@@ -462,19 +525,32 @@ def run_stream(
         model.get_layer(LATENT_LAYER).enable()
     latents = [_binarize(x) if binary else x for x in features.train]
     test = _binarize(features.test) if binary else features.test
-    upper = model.upper_model()
+    head_only = variant.replay == "none" and not variant.train_blocks
+    if head_only:  # the layers above the split stay frozen: their features, once
+        to_features = model.upper_features
+        latents = [to_features.predict(x, batch_size=1024, verbose=0) for x in latents]
+        test = to_features.predict(test, batch_size=1024, verbose=0)
+    upper = model.upper_model(head_only=head_only)
     _compile(upper, tf.keras.optimizers.SGD(config.learning_rate))
-    first = scenario[0]
-    # Static ranges from experience 0: the gradient range tracked while training it
-    # (in `first_weights`) widened by a pass over its latents.
-    upper.calibrate(latents[0], first.y_train, batch_size=config.batch_size)
-    if upper.replay is not None:
-        upper.remember(latents[0], first.y_train, batch_size=1024)
     blocks = _block_layer_names(upper) if variant.train_blocks else []
-    accuracy = _new_accuracy(scenario)
-    accuracy.update(0, scenario.y_test, upper.predict(test, batch_size=1024, verbose=0))
-    fit_seconds = []
-    for index in range(1, len(scenario)):
+    if resume is not None:  # the model's state after experience `resume["index"]`
+        model.set_weights(resume["weights"])
+        upper.load_head_state(model)
+        accuracy = AccuracyMatrix.from_dict(resume["accuracy"])
+        fit_seconds = list(resume["fit_seconds"])
+        done = int(resume["index"])
+    else:
+        first = scenario[0]
+        # Static ranges from experience 0: the gradient range tracked while training it
+        # (in `first_weights`) widened by a pass over its latents.
+        upper.calibrate(latents[0], first.y_train, batch_size=config.batch_size)
+        if upper.replay is not None:
+            upper.remember(latents[0], first.y_train, batch_size=1024)
+        accuracy = _new_accuracy(scenario)
+        predictions = upper.predict(test, batch_size=1024, verbose=0)
+        accuracy.update(0, scenario.y_test, predictions)
+        fit_seconds, done = [], 0
+    for index in range(done + 1, len(scenario)):
         experience = dataclasses.replace(scenario[index], x_train=latents[index])
         extra = list(callbacks(variant.name, index, config.epochs)) if callbacks else []
         if variant.strategy == "cwr":
@@ -491,6 +567,16 @@ def run_stream(
             upper.remember(experience.x_train, experience.y_train, batch_size=1024)
         predictions = upper.predict(test, batch_size=1024, verbose=0)
         accuracy.update(index, scenario.y_test, predictions)
+        if on_experience is not None:
+            model.load_head_state(upper)
+            on_experience(
+                {
+                    "index": index,
+                    "weights": model.get_weights(),
+                    "accuracy": accuracy.to_dict(),
+                    "fit_seconds": fit_seconds,
+                }
+            )
     model.load_head_state(upper)
     return VariantResult(variant, accuracy, fit_seconds, model)
 
@@ -550,6 +636,36 @@ def versions() -> dict[str, str]:
     }
 
 
+def with_baselines(main: Variant) -> tuple[Variant, ...]:
+    """``main`` and what a report sets beside it: its float twin (for a hybrid main),
+    head-only CWR* at the main's bits (for a main with replay, trained blocks or
+    fine-tuning), and naive fine-tuning (the lower bound).
+
+    Example:
+        >>> [v.name for v in with_baselines(MAIN_JOB_VARIANT)]
+        ['finetune_8_16_replay-int8-300', 'finetune_float_replay-int8-300',
+         'cwr_8_16', 'naive']
+    """
+    variants = [main]
+    if main.forward_bits is not None or main.update_bits is not None:
+        variants.append(
+            dataclasses.replace(
+                main,
+                forward_bits=None,
+                update_bits=None,
+                name=main.name.replace(
+                    f"_{main.forward_bits or 'f'}_{main.update_bits or 'f'}", "_float", 1
+                ),
+            )
+        )
+    head_only = Variant.cwr(main.forward_bits, main.update_bits)
+    if head_only not in variants:
+        variants.append(head_only)
+    if NAIVE not in variants:
+        variants.append(NAIVE)
+    return tuple(variants)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """What ``run_experiment`` runs: data, stream, variants and hyper-parameters.
@@ -570,12 +686,74 @@ class ExperimentConfig:
     image_size: int | None = 16
     scenario: str = "nc"
     experiences: int = 5
-    variants: tuple[Variant, ...] = (Variant.cwr(8, 16), Variant.cwr(), NAIVE)
+    variants: tuple[Variant, ...] = ()  # empty: the main job's, `with_baselines(...)`
     joint: bool = True
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingConfig = TrainingConfig(
+        backbone=MAIN_JOB_BACKBONE,
+        epochs=MAIN_JOB_EPOCHS,
+        learning_rate=MAIN_JOB_LEARNING_RATE,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            object.__setattr__(self, "variants", with_baselines(MAIN_JOB_VARIANT))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``from_dict`` inverts it)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> "ExperimentConfig":
+        """The configuration ``to_dict`` described.
+
+        Example:
+            >>> config = ExperimentConfig(experiences=2)
+            >>> ExperimentConfig.from_dict(config.to_dict()) == config
+            True
+        """
+        fields = dict(fields)
+        fields["variants"] = tuple(Variant(**v) for v in fields.get("variants", ()))
+        fields["training"] = TrainingConfig(**fields.get("training", {}))
+        return cls(**fields)
+
+
+def _finished(
+    variant: Variant,
+    state: dict[str, Any],
+    arrays: dict[str, list[np.ndarray]],
+    features: FrozenFeatures,
+) -> VariantResult:
+    """A variant finished before the run was resumed, rebuilt from the checkpoint."""
+    scenario, summary = features.scenario, state["variants"][variant.name]
+    config = TrainingConfig(**state["training"])
+    model = build_model(
+        scenario[0].x_train.shape[1:], scenario.num_classes, config=config, variant=variant
+    )
+    model.set_weights(arrays["main"])
+    accuracy = AccuracyMatrix.from_dict(summary["accuracy_matrix"])
+    return VariantResult(variant, accuracy, list(summary["fit_seconds"]), model)
+
+
+def _steps_left(scenario: Scenario, config: ExperimentConfig, state: dict[str, Any]) -> int:
+    """Training steps (batches) a run still has to take, given its checkpoint state."""
+    training = config.training
+
+    def steps(samples: int, epochs: int) -> int:
+        return epochs * -(-samples // training.batch_size)
+
+    sizes = [len(experience.y_train) for experience in scenario.experiences]
+    total = 0 if "first_seconds" in state else steps(sizes[0], training.first_epochs)
+    in_progress = state.get("in_progress", {})
+    for variant in config.variants:
+        if variant.name in state["variants"]:
+            continue
+        done = (
+            in_progress.get("index", 0) if in_progress.get("variant") == variant.name else 0
+        )
+        total += sum(steps(n, training.epochs) for n in sizes[done + 1 :])
+    if config.joint and "joint" not in state:
+        total += steps(sum(sizes), training.first_epochs)
+    return total
 
 
 def run_experiment(
@@ -583,12 +761,23 @@ def run_experiment(
     *,
     callbacks: CallbackFactory | None = None,
     cache_dir: str | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    on_plan: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, VariantResult]]:
     """Load data, build the stream, run every variant and the baselines.
 
+    With ``checkpoint``, the run saves its state after the first experience, after
+    every later experience of every variant and after the joint baseline, and resumes
+    from the file if it exists: a killed run loses at most the experience in progress,
+    and its resumed report equals an uninterrupted run's (timings aside).
+
+    ``on_plan``, if given, is called once before training with the number of training
+    steps (batches) the run has left, for a progress bar of the whole run.
+
     Returns:
         ``(report, results)``: a JSON-ready report (config, per-variant metrics,
-        joint accuracy, timings, versions) and the results with their models.
+        joint accuracy, timings, versions) and the results with their models (a
+        resumed run has models for the variants it ran or finished after resuming).
     """
     from larq_cwr.datasets import load_dataset
     from larq_cwr.scenarios import make_scenario
@@ -611,19 +800,61 @@ def run_experiment(
         seed=config.training.seed,
     )
     logger.info("Stream %s: class order %s", config.scenario, scenario.class_order)
-    first_weights, first_seconds = train_first_experience(
-        scenario, config.training, callbacks=callbacks
-    )
+    state, arrays = {"variants": {}, "training": dataclasses.asdict(config.training)}, {}
+    if checkpoint is not None and checkpoint.exists():
+        state, arrays = checkpoint.load()
+        logger.info("Resuming from %s", checkpoint.path)
+
+    def save() -> None:
+        if checkpoint is not None:
+            checkpoint.save(state, arrays)
+
+    if on_plan is not None:
+        on_plan(_steps_left(scenario, config, state))
+
+    if "first" in arrays:
+        first_weights, first_seconds = arrays["first"], state["first_seconds"]
+    else:
+        first_weights, first_seconds = train_first_experience(
+            scenario, config.training, callbacks=callbacks
+        )
+        state["first_seconds"], arrays["first"] = first_seconds, first_weights
+        save()
     features = extract_features(scenario, first_weights, config=config.training)
     results = {}
-    for variant in config.variants:
-        results[variant.name] = run_stream(
+    for position, variant in enumerate(config.variants):
+        if variant.name in state["variants"]:  # finished before the run was resumed
+            if position == 0:  # the main variant: its model, for the caller to save
+                results[variant.name] = _finished(variant, state, arrays, features)
+            continue
+        resume = None
+        if state.get("in_progress", {}).get("variant") == variant.name:
+            resume = {**state["in_progress"], "weights": arrays["in_progress"]}
+
+        def keep(progress: dict[str, Any], name: str = variant.name) -> None:
+            state["in_progress"] = {
+                "variant": name,
+                **{key: value for key, value in progress.items() if key != "weights"},
+            }
+            arrays["in_progress"] = progress["weights"]
+            save()
+
+        result = run_stream(
             features,
             variant,
             first_weights=first_weights,
             config=config.training,
             callbacks=callbacks,
+            resume=resume,
+            on_experience=keep if checkpoint is not None else None,
         )
+        results[variant.name] = result
+        state["variants"][variant.name] = result.summary()
+        state.pop("in_progress", None)
+        arrays.pop("in_progress", None)
+        if position == 0:
+            arrays["main"] = result.model.get_weights()
+        save()
     report: dict[str, Any] = {
         "config": config.to_dict(),
         "dataset": {
@@ -637,11 +868,14 @@ def run_experiment(
         "experience_classes": [list(e.classes) for e in scenario.experiences],
         "first_experience_seconds": first_seconds,
         "feature_extraction_seconds": features.seconds,
-        "variants": {name: result.summary() for name, result in results.items()},
+        "variants": {v.name: state["variants"][v.name] for v in config.variants},
         "versions": versions(),
     }
     if config.joint:
-        accuracy, seconds = train_joint(scenario, config.training, callbacks=callbacks)
-        report["joint"] = {"final_accuracy": accuracy, "fit_seconds": seconds}
+        if "joint" not in state:
+            accuracy, seconds = train_joint(scenario, config.training, callbacks=callbacks)
+            state["joint"] = {"final_accuracy": accuracy, "fit_seconds": seconds}
+            save()
+        report["joint"] = state["joint"]
     report["total_seconds"] = time.perf_counter() - start
     return report, results

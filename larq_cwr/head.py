@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from larq_cwr._checks import check_class_counts, check_positive_int
+
 __all__ = ["CWRStarHead", "class_counts_array", "consolidate_kernel", "reset_kernel"]
 
 
@@ -83,7 +85,7 @@ def class_counts_array(class_counts: Any, num_classes: int) -> np.ndarray:
 
     Args:
         class_counts: A dict ``{class index: count}`` or a length-``num_classes``
-            sequence of counts.
+            sequence of counts (integers, or integral floats).
         num_classes: Number of classes of the head.
 
     Returns:
@@ -93,46 +95,8 @@ def class_counts_array(class_counts: Any, num_classes: int) -> np.ndarray:
         ValueError: A class index outside ``[0, num_classes)``, a negative or
             non-integer count, a wrong length, or no pattern at all.
     """
-    if isinstance(class_counts, Mapping):
-        counts = np.zeros(num_classes, dtype=np.int64)
-        for label, count in class_counts.items():
-            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                raise ValueError(
-                    f"`class_counts` keys must be int class indices; got {label!r}."
-                )
-            if not 0 <= label < num_classes:
-                raise ValueError(
-                    f"`class_counts` has class {label}; expected 0 <= class < "
-                    f"num_classes={num_classes}."
-                )
-            counts[int(label)] = _check_count(count, label)
-    else:
-        values = np.asarray(class_counts)
-        if values.ndim != 1 or values.shape[0] != num_classes:
-            raise ValueError(
-                f"`class_counts` must be a dict or a 1-D array of length "
-                f"num_classes={num_classes}; got shape {values.shape}."
-            )
-        counts = np.array(
-            [_check_count(count, label) for label, count in enumerate(values.tolist())],
-            dtype=np.int64,
-        )
-    if counts.sum() == 0:
-        raise ValueError(
-            "`class_counts` holds no pattern: an experience needs at least one "
-            "labelled training pattern."
-        )
-    return counts
-
-
-def _check_count(count: Any, label: int) -> int:
-    if isinstance(count, bool) or not float(count).is_integer():
-        raise ValueError(
-            f"`class_counts` for class {label} must be an integer; got {count!r}."
-        )
-    if count < 0:
-        raise ValueError(f"`class_counts` for class {label} is negative: {count}.")
-    return int(count)
+    num_classes = check_positive_int(num_classes, "num_classes")
+    return check_class_counts(class_counts, "class_counts", num_classes=num_classes)
 
 
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")
@@ -192,26 +156,24 @@ class CWRStarHead(tf.keras.layers.Layer):
         kernel_initializer: Any = "zeros",
         **kwargs: Any,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-            raise ValueError(f"`num_classes` must be a positive int; got {num_classes!r}.")
-        if num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int; got {num_classes}.")
+        num_classes = check_positive_int(num_classes, "num_classes")
         super().__init__(**kwargs)
-        self.num_classes = int(num_classes)
+        self.num_classes = num_classes
         self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
 
     def build(self, input_shape: Any) -> None:
         input_shape = tf.TensorShape(input_shape)
         if input_shape.rank != 2:
             raise ValueError(
-                "CWRStarHead expects 2-D inputs (batch_size, features); got shape "
-                f"{input_shape}. Pool or flatten the features first (e.g. "
-                "GlobalAveragePooling2D)."
+                "`inputs` of CWRStarHead are not 2-D; expected features (batch_size, "
+                "features), pooled or flattened first (e.g. GlobalAveragePooling2D), got "
+                f"shape {input_shape}."
             )
         features = input_shape[-1]
         if features is None:
             raise ValueError(
-                "The last dimension (features) of CWRStarHead's input must be known."
+                "`inputs` of CWRStarHead have no known number of features; expected a "
+                f"known last dimension, got shape {input_shape}."
             )
         shape = (int(features), self.num_classes)
         self.kernel = self.add_weight(

@@ -13,6 +13,17 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from larq_cwr._checks import (
+    check_classes,
+    check_finite,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_nonempty,
+    check_positive_int,
+    check_same_length,
+)
+
 __all__ = ["AccuracyMatrix"]
 
 
@@ -54,38 +65,22 @@ class AccuracyMatrix:
         num_classes: int,
         experience_classes: Sequence[Sequence[int]],
     ) -> None:
-        _check_positive_int("n_experiences", n_experiences)
-        _check_positive_int("num_classes", num_classes)
+        n_experiences = check_positive_int(n_experiences, "n_experiences")
+        num_classes = check_positive_int(num_classes, "num_classes")
         if len(experience_classes) != n_experiences:
             raise ValueError(
-                f"`experience_classes` has {len(experience_classes)} entries; expected one "
-                f"per experience, n_experiences={n_experiences}."
+                f"`experience_classes` has the wrong length; expected one entry per "
+                f"experience, n_experiences={n_experiences}, got "
+                f"{len(experience_classes)}."
             )
         classes = []
         for i, group in enumerate(experience_classes):
-            values = np.asarray(group)
-            if values.ndim != 1 or not values.size:
-                raise ValueError(
-                    f"`experience_classes[{i}]`={group!r}; expected a non-empty sequence "
-                    "of classes."
-                )
-            if not np.issubdtype(values.dtype, np.integer):
-                raise ValueError(
-                    f"`experience_classes[{i}]`={group!r}; expected integer classes."
-                )
-            if values.min() < 0 or values.max() >= num_classes:
-                raise ValueError(
-                    f"`experience_classes[{i}]`={values.tolist()}; expected "
-                    f"0 <= class < num_classes={num_classes}."
-                )
-            if len(np.unique(values)) != len(values):
-                raise ValueError(
-                    f"`experience_classes[{i}]`={values.tolist()} repeats a class; "
-                    "expected each class once."
-                )
-            classes.append(tuple(sorted(int(c) for c in values)))
-        self._n_experiences = int(n_experiences)
-        self._num_classes = int(num_classes)
+            name = f"experience_classes[{i}]"
+            check_nonempty(group, name, what="class")
+            checked = check_classes(group, name, num_classes=num_classes, distinct=True)
+            classes.append(tuple(sorted(checked)))
+        self._n_experiences = n_experiences
+        self._num_classes = num_classes
         self._experience_classes = tuple(classes)
         self._correct = np.zeros((self._n_experiences, self._num_classes), np.float64)
         self._total = np.zeros((self._n_experiences, self._num_classes), np.float64)
@@ -122,43 +117,32 @@ class AccuracyMatrix:
 
         Args:
             experience_index: Int in `[0, n_experiences)`.
-            y_true: Integer labels `(n,)` (or `(n, 1)`) in `[0, num_classes)`.
-            y_pred: Predicted integer labels `(n,)`, or finite scores/logits/probabilities
-                `(n, num_classes)` (their argmax is the prediction).
+            y_true: Integer labels `(n,)` (or `(n, 1)`) in `[0, num_classes)`; integral
+                floats are accepted.
+            y_pred: Predicted labels `(n,)` (or `(n, 1)`), or finite scores, logits or
+                probabilities `(n, num_classes)` (their argmax is the prediction).
 
         Raises:
             ValueError: Index out of range, wrong shapes or dtypes, labels out of range,
                 or non-finite scores. The counts are unchanged then.
         """
-        if (
-            not isinstance(experience_index, (int, np.integer))
-            or isinstance(experience_index, bool)
-            or not 0 <= experience_index < self._n_experiences
-        ):
-            raise ValueError(
-                f"`experience_index`={experience_index!r}; expected an int in "
-                f"[0, n_experiences={self._n_experiences})."
-            )
-        true = self._labels(y_true, "y_true")
+        last = self._n_experiences - 1
+        experience_index = check_int(
+            experience_index, "experience_index", minimum=0, maximum=last
+        )
+        true = check_labels(y_true, "y_true", num_classes=self._num_classes)
         pred = np.asarray(y_pred)
-        if pred.ndim == 2:
-            if pred.shape[1] != self._num_classes:
-                raise ValueError(
-                    f"`y_pred` has shape {pred.shape}; expected scores (n, num_classes="
-                    f"{self._num_classes}) or labels (n,)."
-                )
-            if not np.issubdtype(pred.dtype, np.number) or not np.isfinite(pred).all():
-                raise ValueError(
-                    "`y_pred` scores hold NaN, infinite or non-numeric values."
-                )
+        if pred.ndim == 2 and pred.shape[1] == self._num_classes:
+            pred = check_inputs(pred, "y_pred")  # scores: real and finite
             pred = np.argmax(pred, axis=1) if len(pred) else np.zeros(0, np.int64)
-        else:
-            pred = self._labels(pred, "y_pred")
-        if len(pred) != len(true):
+        elif pred.ndim == 2 and pred.shape[1] != 1:
             raise ValueError(
-                f"`y_true` has {len(true)} samples but `y_pred` has {len(pred)}; "
-                "expected equal."
+                f"`y_pred` has the wrong shape; expected scores (n, num_classes="
+                f"{self._num_classes}) or labels (n,), got {pred.shape}."
             )
+        else:
+            pred = check_labels(pred, "y_pred", num_classes=self._num_classes)
+        check_same_length({"y_true": true, "y_pred": pred})
         n = self._num_classes
         self._total[experience_index] += np.bincount(true, minlength=n)
         self._correct[experience_index] += np.bincount(true[true == pred], minlength=n)
@@ -256,7 +240,7 @@ class AccuracyMatrix:
         """Rebuild from `to_dict()` output (only the sizes, classes and counts are read).
 
         Raises:
-            ValueError: Counts of the wrong shape, negative, or correct > total.
+            ValueError: Counts of the wrong shape, NaN/Inf, negative, or correct > total.
         """
         out = cls(
             config["n_experiences"], config["num_classes"], config["experience_classes"]
@@ -266,10 +250,18 @@ class AccuracyMatrix:
         shape = out._total.shape
         if correct.shape != shape or total.shape != shape:
             raise ValueError(
-                f"`correct` {correct.shape} and `total` {total.shape}; expected {shape}."
+                f"`correct` and `total` have the wrong shape; expected {shape} each, got "
+                f"{correct.shape} and {total.shape}."
             )
-        if (correct < 0).any() or (correct > total).any():
-            raise ValueError("`correct` must satisfy 0 <= correct <= total.")
+        check_finite(correct, "correct")
+        check_finite(total, "total")
+        bad = np.argwhere((correct < 0) | (correct > total))
+        if bad.size:
+            i, c = (int(v) for v in bad[0])
+            raise ValueError(
+                "`correct` is out of range; expected 0 <= correct <= total, got "
+                f"correct={correct[i, c]} for total={total[i, c]} at [{i}, {c}]."
+            )
         out._correct, out._total = correct, total
         return out
 
@@ -281,36 +273,7 @@ class AccuracyMatrix:
         )
 
     def _check_index(self, i: int) -> None:
-        if (
-            not isinstance(i, (int, np.integer))
-            or isinstance(i, bool)
-            or not 0 <= i < self._n_experiences
-        ):
-            raise ValueError(
-                f"`i`={i!r}; expected an int in [0, n_experiences={self._n_experiences})."
-            )
-
-    def _labels(self, y: npt.ArrayLike, name: str) -> np.ndarray:
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-            raise ValueError(
-                f"`{name}` has dtype {y.dtype} and shape {y.shape}; expected integer "
-                "labels (n,)."
-            )
-        if y.size and (y.min() < 0 or y.max() >= self._num_classes):
-            bad = int(y.min()) if y.min() < 0 else int(y.max())
-            raise ValueError(
-                f"`{name}` has label {bad}; expected 0 <= label < "
-                f"num_classes={self._num_classes}."
-            )
-        return y.astype(np.int64, copy=False)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}`={value!r}; expected a positive int.")
+        check_int(i, "i", minimum=0, maximum=self._n_experiences - 1)
 
 
 def _ratio(correct, total):

@@ -8,6 +8,7 @@ head is thrown away; only the backbone's weights are kept (`save_backbone`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import warnings
@@ -17,6 +18,17 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
+from larq_cwr._checks import (
+    check_classes,
+    check_fraction,
+    check_images,
+    check_labels,
+    check_nonempty,
+    check_positive_int,
+    check_positive_number,
+    check_same_length,
+    check_seed,
+)
 from larq_cwr.backbones import build_backbone, save_backbone
 
 __all__ = ["pretrain", "pretrain_backbone", "save_backbone"]
@@ -60,7 +72,7 @@ def pretrain_backbone(
         learning_rate: Positive Adam learning rate.
         validation_fraction: Fraction in [0, 1) of each class held out; 0 disables
             validation.
-        seed: Seed of the split, shuffling and initialization.
+        seed: Int in ``[0, 2**32)``, seed of the split, shuffling and initialization.
         strategy: Optional `tf.distribute.Strategy`; None trains on the default device.
         verbose: Keras ``fit`` verbosity.
 
@@ -72,11 +84,13 @@ def pretrain_backbone(
         ``val_loss``, ``val_accuracy``).
 
     Raises:
-        ValueError: ``x`` not a 4-D float array matching the backbone's input, ``y`` not
-            non-negative integers of the same length, a class absent from ``y``, fewer than
-            two classes, a non-positive ``epochs``/``batch_size``/``learning_rate``, a
-            ``validation_fraction`` outside [0, 1), a backbone without trainable weights or
-            built outside ``strategy.scope()``.
+        ValueError: ``x`` not a non-empty 4-D float array of finite values matching the
+            backbone's input, ``y`` not non-negative integer labels (integral floats
+            accepted) of the same length, a class absent from ``y``, fewer than two
+            classes, a non-positive ``epochs``/``batch_size``/``learning_rate``, a
+            ``validation_fraction`` outside [0, 1), a negative ``seed``, a backbone
+            without trainable weights or built outside ``strategy.scope()``. The
+            backbone is unchanged then.
 
     Example:
         >>> import numpy as np
@@ -88,15 +102,15 @@ def pretrain_backbone(
         >>> sorted(metrics["history"])
         ['accuracy', 'loss', 'val_accuracy', 'val_loss']
     """
-    x, y, classes = _check_data(backbone, x, y, classes)
-    _check_training_args(epochs, batch_size, learning_rate, validation_fraction)
-    if not backbone.trainable_weights:
-        raise ValueError(
-            f"`backbone` {backbone.name!r} has no trainable weights; set "
-            "`backbone.trainable = True` before pretraining it."
-        )
-    if strategy is not None:
-        _check_built_in_scope(backbone, strategy)
+    x, y, classes = _check_data(x, y, classes, tuple(backbone.input_shape[1:]))
+    _check_training_args(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        validation_fraction=validation_fraction,
+        seed=seed,
+    )
+    _check_backbone(backbone, strategy)
 
     tf.keras.utils.set_random_seed(seed)
     keep = np.isin(y, classes)
@@ -165,11 +179,24 @@ def pretrain(
         ``"weights_path"`` (str or None) added.
 
     Raises:
-        ValueError: As `build_backbone` and `pretrain_backbone`.
+        ValueError: As `build_backbone` and `pretrain_backbone`; the data and arguments
+            are checked before anything is built, seeded or written.
+        TypeError: A keyword argument `pretrain_backbone` does not take.
     """
     if input_shape is None:
         input_shape = np.shape(x)[1:]
-    tf.keras.utils.set_random_seed(kwargs.get("seed", 0))  # seeds the initialization too
+    arguments = inspect.signature(pretrain_backbone).bind(None, x, y, **kwargs)
+    arguments.apply_defaults()
+    options = arguments.arguments
+    _check_data(x, y, options["classes"], tuple(input_shape))
+    _check_training_args(
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        learning_rate=options["learning_rate"],
+        validation_fraction=options["validation_fraction"],
+        seed=options["seed"],
+    )
+    tf.keras.utils.set_random_seed(options["seed"])  # seeds the initialization too
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         backbone = build_backbone(name, input_shape=tuple(input_shape))
@@ -181,76 +208,70 @@ def pretrain(
 
 
 def _check_data(
-    backbone: tf.keras.Model,
     x: npt.ArrayLike,
     y: npt.ArrayLike,
     classes: Sequence[int] | None,
+    input_shape: tuple[int | None, ...],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(
-            "`x` must be a 4-D float array (samples, height, width, channels); received "
-            f"shape {x.shape} and dtype {x.dtype}."
-        )
-    if len(x) == 0:
-        raise ValueError("`x` is empty; expected at least one sample.")
-    expected = tuple(backbone.input_shape[1:])
-    if any(e is not None and e != d for e, d in zip(expected, x.shape[1:])):
-        raise ValueError(
-            f"`x` has samples of shape {x.shape[1:]}; the backbone expects {expected}."
-        )
+    """``(x, y, classes)`` checked: float32 images, int64 labels, int64 classes."""
+    x = check_images(x, "x", shape=input_shape)
+    check_nonempty(x, "x")
     if x.max() > 1.0:
         warnings.warn(
             f"`x` has values up to {x.max()}; backbones expect images scaled to [0, 1].",
             stacklevel=3,
         )
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"`y` must be integer labels of shape ({len(x)},); received shape {y.shape} "
-            f"and dtype {y.dtype}."
-        )
-    if y.min() < 0:
-        raise ValueError(f"`y` has label {y.min()}; expected labels >= 0.")
+    y = check_labels(y, "y")
+    check_same_length({"x": x, "y": y})
     present = np.unique(y)
-    if classes is None:
-        classes = present
-    classes = np.asarray(classes)
-    if classes.ndim != 1 or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"`classes` must be a sequence of ints; received {classes!r}.")
-    if len(np.unique(classes)) != len(classes) or len(classes) < 2:
+    classes = np.asarray(
+        check_classes(present if classes is None else classes, "classes", distinct=True),
+        dtype=np.int64,
+    )
+    if len(classes) < 2:
         raise ValueError(
-            f"`classes`={classes.tolist()} must hold at least two distinct labels."
+            "`classes` has too few classes; expected at least two distinct labels, got "
+            f"{classes.tolist()}."
         )
     missing = np.setdiff1d(classes, present)
     if len(missing):
         raise ValueError(
-            f"`classes` has {missing.tolist()}, absent from `y` (labels present: "
-            f"{present.tolist()})."
+            f"`classes` names labels absent from `y`; expected labels present in `y` "
+            f"({present.tolist()}), got {missing.tolist()}."
         )
-    return x.astype(np.float32, copy=False), y, classes
+    return x, y, classes
 
 
 def _check_training_args(
-    epochs: int, batch_size: int, learning_rate: float, validation_fraction: float
+    *,
+    epochs: Any,
+    batch_size: Any,
+    learning_rate: Any,
+    validation_fraction: Any,
+    seed: Any,
 ) -> None:
-    for arg, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive int; received {value!r}.")
-    if not learning_rate > 0:
-        raise ValueError(f"`learning_rate` must be positive; received {learning_rate!r}.")
-    if not 0 <= validation_fraction < 1:
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
+    check_positive_number(learning_rate, "learning_rate")
+    check_fraction(validation_fraction, "validation_fraction", allow_zero=True)
+    check_seed(seed)
+
+
+def _check_backbone(
+    backbone: tf.keras.Model, strategy: tf.distribute.Strategy | None
+) -> None:
+    if not backbone.trainable_weights:
         raise ValueError(
-            f"`validation_fraction` must be in [0, 1); received {validation_fraction!r}."
+            f"`backbone` {backbone.name!r} has no trainable weights; expected a trainable "
+            "backbone (set `backbone.trainable = True`), got none."
         )
-
-
-def _check_built_in_scope(
-    backbone: tf.keras.Model, strategy: tf.distribute.Strategy
-) -> None:
+    if strategy is None:
+        return
     if not all(strategy.extended.variable_created_in_scope(v) for v in backbone.weights):
         raise ValueError(
-            f"`backbone` {backbone.name!r} was built outside `strategy.scope()`; build it "
-            "under the strategy's scope, or call `pretrain(name, ...)`, which does."
+            f"`backbone` {backbone.name!r} was built outside `strategy.scope()`; expected "
+            "one built under the strategy's scope (`pretrain(name, ...)` does that), got "
+            "variables created outside it."
         )
 
 

@@ -87,8 +87,10 @@ def snap_to_grid(
 
     The lean core of ``fake_quantize`` for hand-written update steps that need no
     gradient (the hybrid CWR* update, the exported device head): no gradient wrapper
-    and no argument checks. Where the range is empty every value maps to the one level
-    (``fake_quantize`` instead returns its input unchanged, METHOD §3).
+    and no argument checks. An empty range is not special-cased here (``fake_quantize``
+    returns its input unchanged there, METHOD §3): on the paper grid every value maps
+    to ``low``; on the zero-exact grid with ``low = high = 0``, 0 and negative values
+    map to 0 and positive ones to the grid's only other level, 1e-30.
 
     Args:
         x: Float tensor.
@@ -120,10 +122,17 @@ def snap_to_grid(
     )
 
 
+_ON_GRID = 2.0**-22  # relative float32 error of a level recomputed as x / step
+
+
 def _round(values: tf.Tensor, noise: tf.Tensor | None) -> tf.Tensor:
     if noise is None:
         return tf.round(values)  # half to even, as METHOD §3 asks
-    # E[floor(v + u)] = v for u ~ U[0, 1): unbiased; a value on the grid stays put.
+    # E[floor(v + u)] = v for u ~ U[0, 1): unbiased. A level recomputed as x / step is
+    # an integer up to float error, which floor would move down one step: snap it.
+    nearest = tf.round(values)
+    close = tf.abs(values - nearest) <= _ON_GRID * tf.maximum(tf.abs(values), 1.0)
+    values = tf.where(close, nearest, values)
     return tf.floor(values + tf.cast(noise, values.dtype))
 
 

@@ -15,12 +15,27 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import numbers
 from typing import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
+
+from larq_cwr._checks import (
+    check_array,
+    check_choice,
+    check_classes,
+    check_fraction,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_nonempty,
+    check_permutation,
+    check_positive_int,
+    check_same_length,
+    check_sample_shape,
+    check_seed,
+)
 
 __all__ = [
     "SCENARIO_NAMES",
@@ -70,21 +85,17 @@ class Experience:
     num_classes: int
 
     def __post_init__(self) -> None:
-        _check_int("index", self.index, minimum=0)
-        _check_int("num_classes", self.num_classes, minimum=1)
-        _check_stored_arrays(self.x_train, self.y_train, "x_train", "y_train")
+        check_int(self.index, "index", minimum=0)
+        num_classes = check_positive_int(self.num_classes, "num_classes")
+        _check_stored_arrays(self.x_train, self.y_train, "train")
+        check_nonempty(self.y_train, "y_train")
+        check_labels(self.y_train, "y_train", num_classes=num_classes)
         present = tuple(int(c) for c in np.unique(self.y_train))
-        if not present:
-            raise ValueError(f"Experience {self.index} is empty: `y_train` has no samples.")
         if tuple(self.classes) != present:
             raise ValueError(
-                f"`classes`={tuple(self.classes)} of experience {self.index}; expected the "
-                f"sorted labels present in `y_train`, {present}."
-            )
-        if present[0] < 0 or present[-1] >= self.num_classes:
-            raise ValueError(
-                f"`y_train` of experience {self.index} has labels {present}; expected "
-                f"0 <= label < num_classes={self.num_classes}."
+                f"`classes` of experience {self.index} are not its labels; expected the "
+                f"sorted labels present in `y_train`, {present}, got "
+                f"{tuple(self.classes)}."
             )
         object.__setattr__(self, "classes", present)
 
@@ -108,7 +119,8 @@ class Experience:
         Args:
             batch_size: Positive int, samples per batch.
             shuffle: Whether to shuffle (differently in each iteration over the dataset).
-            seed: Int, op-level seed of the shuffle; the same seed gives the same order.
+            seed: Int in `[0, 2**32)`, op-level seed of the shuffle; the same seed gives
+                the same order.
 
         Returns:
             A `tf.data.Dataset` of `(float32 (b, ...), int32 (b,))` tuples.
@@ -116,8 +128,8 @@ class Experience:
         Raises:
             ValueError: `batch_size` is not a positive int.
         """
-        _check_int("batch_size", batch_size, minimum=1)
-        _check_int("seed", seed, minimum=0)
+        check_positive_int(batch_size, "batch_size")
+        check_seed(seed)
         return _batched_dataset(
             self.x_train, self.y_train, batch_size, shuffle=shuffle, seed=seed
         )
@@ -132,7 +144,7 @@ class Experience:
 
         Args:
             fraction: Float in (0, 1), share of each class to hold out.
-            seed: Int seeding the choice of validation samples.
+            seed: Int in `[0, 2**32)` seeding the choice of validation samples.
 
         Returns:
             `(train, (x_val, y_val))`: `train` is an `Experience` with the same `index`,
@@ -141,24 +153,19 @@ class Experience:
         Raises:
             ValueError: `fraction` is outside (0, 1) or leaves no validation sample.
         """
-        if (
-            not isinstance(fraction, numbers.Real)
-            or isinstance(fraction, bool)
-            or not 0.0 < float(fraction) < 1.0
-        ):
-            raise ValueError(f"`fraction`={fraction!r}; expected a float in (0, 1).")
-        _check_int("seed", seed, minimum=0)
+        fraction = check_fraction(fraction, "fraction")
+        check_seed(seed)
         rng = np.random.default_rng(seed)
         is_validation = np.zeros(len(self.y_train), dtype=bool)
         for c in self.classes:
             members = np.flatnonzero(self.y_train == c)
-            n_val = min(int(round(float(fraction) * len(members))), len(members) - 1)
+            n_val = min(int(round(fraction * len(members))), len(members) - 1)
             is_validation[rng.permutation(members)[:n_val]] = True
         if not is_validation.any():
             raise ValueError(
-                f"`fraction`={fraction!r} holds out no sample of experience {self.index} "
-                f"(class counts {self.class_counts[list(self.classes)].tolist()}); "
-                "expected a larger fraction."
+                f"`fraction` holds out no sample of experience {self.index} (class counts "
+                f"{self.class_counts[list(self.classes)].tolist()}); expected a larger "
+                f"fraction, got {fraction}."
             )
         train = dataclasses.replace(
             self,
@@ -198,34 +205,26 @@ class Scenario(collections.abc.Sequence[Experience]):
     class_order: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if self.name not in SCENARIO_NAMES:
-            raise ValueError(f"`name`={self.name!r}; expected one of {SCENARIO_NAMES}.")
-        _check_int("num_classes", self.num_classes, minimum=1)
+        check_choice(self.name, SCENARIO_NAMES, "name")
+        num_classes = check_positive_int(self.num_classes, "num_classes")
         experiences = tuple(self.experiences)
-        if not experiences:
-            raise ValueError("`experiences` is empty; expected at least one experience.")
+        check_nonempty(experiences, "experiences", what="experience")
         for position, experience in enumerate(experiences):
             if not isinstance(experience, Experience):
                 raise ValueError(
-                    f"`experiences[{position}]` is a {type(experience).__name__}; "
-                    "expected an Experience."
+                    f"`experiences[{position}]` is not an Experience; expected an "
+                    f"Experience, got {type(experience).__name__}."
                 )
-            if experience.index != position or experience.num_classes != self.num_classes:
+            if experience.index != position or experience.num_classes != num_classes:
                 raise ValueError(
-                    f"`experiences[{position}]` has index={experience.index} and "
-                    f"num_classes={experience.num_classes}; expected index={position} "
-                    f"and num_classes={self.num_classes}."
+                    f"`experiences[{position}]` does not fit the scenario; expected "
+                    f"index={position} and num_classes={num_classes}, got "
+                    f"index={experience.index} and num_classes={experience.num_classes}."
                 )
-        _check_stored_arrays(self.x_test, self.y_test, "x_test", "y_test")
-        sample_shape = experiences[0].x_train.shape[1:]
-        if self.x_test.shape[1:] != sample_shape:
-            raise ValueError(
-                f"`x_test` samples have shape {self.x_test.shape[1:]}; expected the "
-                f"training sample shape {sample_shape}."
-            )
-        _check_label_range(self.y_test, "y_test", self.num_classes)
-        order = tuple(int(c) for c in self.class_order)
-        _check_permutation("class_order", order, self.num_classes)
+        _check_stored_arrays(self.x_test, self.y_test, "test")
+        check_sample_shape(self.x_test, "x_test", expected=experiences[0].x_train.shape[1:])
+        check_labels(self.y_test, "y_test", num_classes=num_classes)
+        order = check_permutation(self.class_order, "class_order", num_classes=num_classes)
         object.__setattr__(self, "experiences", experiences)
         object.__setattr__(self, "class_order", order)
 
@@ -242,7 +241,7 @@ class Scenario(collections.abc.Sequence[Experience]):
         Raises:
             ValueError: `index` is not in `[0, len(self))`.
         """
-        _check_int("index", index, minimum=0, maximum=len(self) - 1)
+        check_int(index, "index", minimum=0, maximum=len(self) - 1)
         seen: set[int] = set()
         for experience in self.experiences[: index + 1]:
             seen.update(experience.classes)
@@ -264,15 +263,15 @@ class Scenario(collections.abc.Sequence[Experience]):
             ValueError: `batch_size` is not positive, `classes` holds a class outside
                 `[0, num_classes)`, or no test sample belongs to `classes`.
         """
-        _check_int("batch_size", batch_size, minimum=1)
+        check_positive_int(batch_size, "batch_size")
         x, y = self.x_test, self.y_test
         if classes is not None:
-            wanted = _check_classes("classes", classes, self.num_classes)
+            wanted = check_classes(classes, "classes", num_classes=self.num_classes)
             keep = np.isin(y, wanted)
             if not keep.any():
                 raise ValueError(
-                    f"`classes`={list(wanted)} selects no test sample; expected classes "
-                    f"present in `y_test`."
+                    "`classes` selects no test sample; expected classes present in "
+                    f"`y_test`, got {wanted}."
                 )
             x, y = x[keep], y[keep]
         return _batched_dataset(x, y, batch_size, shuffle=False, seed=0)
@@ -313,7 +312,7 @@ def nc_scenario(
         x_test: Array `(m, ...)` of test inputs, shared by all experiences.
         y_test: Integer array `(m,)` (or `(m, 1)`) of test labels.
         n_experiences: Int in `[1, num_classes]`, number of experiences.
-        seed: Int seeding the class permutation.
+        seed: Int in `[0, 2**32)` seeding the class permutation.
         class_order: A permutation of `range(num_classes)` to use instead of the seeded
             one (`seed` is then unused).
         first_experience_classes: Number of classes in experience 0 (for example a
@@ -340,13 +339,12 @@ def nc_scenario(
     x_train, y_train, x_test, y_test, num_classes = _prepare_arrays(
         x_train, y_train, x_test, y_test, num_classes
     )
-    _check_int("n_experiences", n_experiences, minimum=1, maximum=num_classes)
-    _check_int("seed", seed, minimum=0)
+    check_int(n_experiences, "n_experiences", minimum=1, maximum=num_classes)
+    check_seed(seed)
     if class_order is None:
         order = tuple(int(c) for c in np.random.default_rng(seed).permutation(num_classes))
     else:
-        order = tuple(_check_classes("class_order", class_order, num_classes))
-        _check_permutation("class_order", order, num_classes)
+        order = check_permutation(class_order, "class_order", num_classes=num_classes)
     sizes = _group_sizes(num_classes, n_experiences, first_experience_classes)
     bounds = np.cumsum([0, *sizes])
     experiences = []
@@ -388,7 +386,7 @@ def ni_scenario(
         x_test: Array `(m, ...)` of test inputs, shared by all experiences.
         y_test: Integer array `(m,)` (or `(m, 1)`) of test labels.
         n_experiences: Int in `[1, samples of the smallest class]`.
-        seed: Int seeding the shuffles.
+        seed: Int in `[0, 2**32)` seeding the shuffles.
         num_classes: Number of classes; `None` infers `max label + 1`.
 
     Returns:
@@ -402,14 +400,15 @@ def ni_scenario(
     x_train, y_train, x_test, y_test, num_classes = _prepare_arrays(
         x_train, y_train, x_test, y_test, num_classes
     )
-    _check_int("n_experiences", n_experiences, minimum=1)
-    _check_int("seed", seed, minimum=0)
+    check_int(n_experiences, "n_experiences", minimum=1)
+    check_seed(seed)
     counts = np.bincount(y_train, minlength=num_classes)
     if n_experiences > counts.min():
         smallest = int(np.argmin(counts))
         raise ValueError(
-            f"`n_experiences`={n_experiences} exceeds the {counts.min()} training samples "
-            f"of class {smallest}; expected n_experiences <= samples per class."
+            f"`n_experiences` exceeds the {counts.min()} training samples of class "
+            f"{smallest}; expected n_experiences <= samples per class, got "
+            f"{n_experiences}."
         )
     rng = np.random.default_rng(seed)
     owner = np.empty(len(y_train), dtype=np.int64)  # experience of each training sample
@@ -460,8 +459,7 @@ def make_scenario(
         ValueError: Unknown `name`, or whatever the factory raises. An argument the
             factory does not take raises `TypeError`.
     """
-    if name not in _FACTORIES:
-        raise ValueError(f"`name`={name!r}; expected one of {SCENARIO_NAMES}.")
+    check_choice(name, SCENARIO_NAMES, "name")
     return _FACTORIES[name](
         x_train, y_train, x_test, y_test, n_experiences=n_experiences, seed=seed, **kwargs
     )
@@ -470,85 +468,11 @@ def make_scenario(
 # --- private helpers -------------------------------------------------------------------
 
 
-def _check_int(
-    name: str, value: object, *, minimum: int | None = None, maximum: int | None = None
-) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ValueError(f"`{name}`={value!r}; expected an int.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}`={value}; expected {name} >= {minimum}.")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"`{name}`={value}; expected {name} <= {maximum}.")
-
-
-def _check_classes(name: str, classes: Sequence[int], num_classes: int) -> list[int]:
-    values = np.asarray(classes)
-    if values.ndim != 1 or (values.size and not np.issubdtype(values.dtype, np.integer)):
-        raise ValueError(f"`{name}`={classes!r}; expected a sequence of int classes.")
-    out = [int(c) for c in values]
-    bad = [c for c in out if not 0 <= c < num_classes]
-    if bad:
-        raise ValueError(
-            f"`{name}` has classes {bad}; expected 0 <= class < num_classes={num_classes}."
-        )
-    return out
-
-
-def _check_permutation(name: str, order: Sequence[int], num_classes: int) -> None:
-    if sorted(order) != list(range(num_classes)):
-        raise ValueError(
-            f"`{name}`={list(order)} is not a permutation of range({num_classes}); "
-            "expected every class exactly once."
-        )
-
-
-def _check_label_range(y: np.ndarray, name: str, num_classes: int) -> None:
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise ValueError(
-            f"`{name}` has label {bad}; expected 0 <= label < num_classes={num_classes}."
-        )
-
-
-def _check_stored_arrays(x: object, y: object, x_name: str, y_name: str) -> None:
-    """Checks the dtypes and shapes of arrays already converted by the factories."""
-    if not isinstance(x, np.ndarray) or x.dtype != _X_DTYPE or x.ndim < 1:
-        raise ValueError(f"`{x_name}` must be a float32 numpy array with a sample axis.")
-    if not isinstance(y, np.ndarray) or y.dtype != _Y_DTYPE or y.ndim != 1:
-        raise ValueError(f"`{y_name}` must be a 1-D int32 numpy array.")
-    if len(x) != len(y):
-        raise ValueError(
-            f"`{x_name}` has {len(x)} samples but `{y_name}` has {len(y)}; expected equal."
-        )
-
-
-def _as_inputs(x: npt.ArrayLike, name: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim < 1 or not (
-        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-    ):
-        raise ValueError(
-            f"`{name}` has dtype {x.dtype} and shape {x.shape}; expected a numeric array "
-            "(n, ...)."
-        )
-    x = x.astype(_X_DTYPE, copy=False)
-    if not np.isfinite(x).all():
-        raise ValueError(f"`{name}` holds NaN or infinite values; expected finite inputs.")
-    return x
-
-
-def _as_labels(y: npt.ArrayLike, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:  # Keras datasets give (n, 1) label arrays
-        y = y[:, 0]
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"`{name}` has dtype {y.dtype} and shape {y.shape}; expected integer labels "
-            "(n,) or (n, 1)."
-        )
-    if y.size and (y.min() < np.iinfo(_Y_DTYPE).min or y.max() > np.iinfo(_Y_DTYPE).max):
-        raise ValueError(f"`{name}` has labels outside the int32 range.")
-    return y.astype(_Y_DTYPE, copy=False)
+def _check_stored_arrays(x: object, y: object, split: str) -> None:
+    """Checks the dtypes, ranks and lengths of arrays the factories converted."""
+    check_array(x, f"x_{split}", dtype=_X_DTYPE)
+    check_array(y, f"y_{split}", dtype=_Y_DTYPE, ndim=1)
+    check_same_length({f"x_{split}": x, f"y_{split}": y})
 
 
 def _prepare_arrays(
@@ -559,38 +483,30 @@ def _prepare_arrays(
     num_classes: int | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Converts and validates a dataset; returns it with the number of classes."""
-    x_train, x_test = _as_inputs(x_train, "x_train"), _as_inputs(x_test, "x_test")
-    y_train, y_test = _as_labels(y_train, "y_train"), _as_labels(y_test, "y_test")
-    for x, y, x_name, y_name in (
-        (x_train, y_train, "x_train", "y_train"),
-        (x_test, y_test, "x_test", "y_test"),
-    ):
-        if len(x) != len(y):
-            raise ValueError(
-                f"`{x_name}` has {len(x)} samples but `{y_name}` has {len(y)}; "
-                "expected equal."
-            )
-    if not len(y_train):
-        raise ValueError("`y_train` is empty; expected training samples.")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(
-            f"`x_train` samples have shape {x_train.shape[1:]} but `x_test` samples "
-            f"{x_test.shape[1:]}; expected equal."
-        )
+    if num_classes is not None:
+        num_classes = check_positive_int(num_classes, "num_classes")
+    x_train = check_inputs(x_train, "x_train")
+    x_test = check_inputs(x_test, "x_test", sample_shape=x_train.shape[1:])
+    y_train = check_labels(y_train, "y_train", num_classes=num_classes)
+    y_test = check_labels(y_test, "y_test", num_classes=num_classes)
+    check_same_length({"x_train": x_train, "y_train": y_train})
+    check_same_length({"x_test": x_test, "y_test": y_test})
+    check_nonempty(y_train, "y_train")
     if num_classes is None:
-        labels = np.concatenate([y_train, y_test])
-        num_classes = int(labels.max()) + 1 if labels.min() >= 0 else 1
-    _check_int("num_classes", num_classes, minimum=1)
-    num_classes = int(num_classes)
-    _check_label_range(y_train, "y_train", num_classes)
-    _check_label_range(y_test, "y_test", num_classes)
+        num_classes = int(np.concatenate([y_train, y_test]).max()) + 1
     missing = np.flatnonzero(np.bincount(y_train, minlength=num_classes) == 0)
     if missing.size:
         raise ValueError(
-            f"`y_train` has no samples of classes {missing.tolist()} "
-            f"(num_classes={num_classes}); expected every class in the training set."
+            f"`y_train` lacks classes; expected samples of every class of "
+            f"num_classes={num_classes}, got no samples of classes {missing.tolist()}."
         )
-    return x_train, y_train, x_test, y_test, num_classes
+    return (
+        x_train,
+        y_train.astype(_Y_DTYPE),
+        x_test,
+        y_test.astype(_Y_DTYPE),
+        num_classes,
+    )
 
 
 def _group_sizes(
@@ -600,18 +516,28 @@ def _group_sizes(
     if first_experience_classes is None:
         if num_classes % n_experiences:
             raise ValueError(
-                f"num_classes={num_classes} does not split evenly into "
-                f"`n_experiences`={n_experiences}; expected a divisor of {num_classes} "
-                "or `first_experience_classes`."
+                f"`n_experiences` does not split num_classes={num_classes} evenly; "
+                f"expected a divisor of {num_classes} (or `first_experience_classes`), "
+                f"got {n_experiences}."
             )
         return [num_classes // n_experiences] * n_experiences
-    _check_int("first_experience_classes", first_experience_classes, minimum=1)
+    check_int(
+        first_experience_classes,
+        "first_experience_classes",
+        minimum=1,
+        maximum=num_classes,
+    )
     rest, later = num_classes - first_experience_classes, n_experiences - 1
     if rest < later or (later == 0 and rest) or (later and rest % later):
+        expected = (
+            f"a multiple of {later} (at least {later}) left for the {later} later "
+            f"experiences of `n_experiences`={n_experiences}"
+            if later
+            else f"all of them, as `n_experiences`={n_experiences}"
+        )
         raise ValueError(
-            f"`first_experience_classes`={first_experience_classes} leaves {rest} of "
-            f"num_classes={num_classes} classes, which do not split evenly into the "
-            f"{later} later experiences of `n_experiences`={n_experiences}."
+            f"`first_experience_classes` leaves {rest} of num_classes={num_classes} "
+            f"classes; expected {expected}, got {first_experience_classes}."
         )
     if not later:
         return [first_experience_classes]

@@ -19,6 +19,7 @@ from larq_cwr._checks import (
     check_optional_bits,
     check_positive_int,
     check_positive_number,
+    check_seed,
 )
 from larq_cwr.backbones import rerun_graph
 from larq_cwr.backprop import (
@@ -300,7 +301,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.update_bits = update_bits
         self.grid = grid
         self.rounding = rounding
-        self.seed = seed
+        self.seed = None if seed is None else check_seed(seed)
         self.backward_bits = backward_bits
         self.latent_weight_bits = latent_weight_bits
         self.latent_layer = latent_layer
@@ -601,10 +602,20 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             raise ValueError("`remember` needs labels: pass `y` or (x, y) batches.")
         return self.latent_extractor(x, training=False), y
 
-    def upper_model(self) -> "HybridQuantizedTrainStep":
+    @property
+    def upper_features(self) -> tf.keras.Model:
+        """Model from latents to the head's input features through the layers above
+        ``latent_layer`` (shares the layers; the identity without ``latent_layer``)."""
+        if self._blocks is None:
+            features = tf.keras.Input(tuple(self._head_io[0].shape[1:]))
+            return tf.keras.Model(features, features)
+        return self._blocks.upper_model
+
+    def upper_model(self, *, head_only: bool = False) -> "HybridQuantizedTrainStep":
         """The layers above ``latent_layer`` and the head, on latent inputs.
 
-        Without ``latent_layer`` this is the head alone on feature inputs. The new model
+        Without ``latent_layer``, or with ``head_only``, this is the head alone on
+        feature inputs (``upper_features`` computes them from latents). The new model
         **shares** this model's layers (training it trains them) and replay memory, and
         starts from a copy of this model's calibration and noise state. Once the part
         below is frozen, a stream can train it on latents computed once (the same
@@ -614,7 +625,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         Returns:
             A new, uncompiled ``HybridQuantizedTrainStep``.
         """
-        if self._blocks is None:
+        if self._blocks is None or head_only:
             latents = tf.keras.Input(tuple(self._head_io[0].shape[1:]), name="features")
             features = latents
         else:
@@ -625,10 +636,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         if not self._outputs_logits:
             outputs = tf.keras.layers.Softmax()(outputs)
         arguments = {key: getattr(self, key) for key in _OWN_ARGUMENTS}
-        if self._blocks is not None:
+        arguments["latent_layer"] = None
+        replay = None
+        if self._blocks is not None and not head_only:
             arguments["latent_layer"] = latents._keras_history.layer.name
+            replay = self.replay
         model = HybridQuantizedTrainStep(
-            latents, outputs, name=f"{self.name}_upper", replay=self.replay, **arguments
+            latents, outputs, name=f"{self.name}_upper", replay=replay, **arguments
         )
         model.load_head_state(self)
         return model

@@ -20,13 +20,20 @@ from larq_cwr.backbones import (
 # ImageNet QuickNets.
 INPUT_SHAPES = {
     "bnn32": (16, 16, 1),
+    "bnn32_norm": (16, 16, 1),
     "quicknet_small": (32, 32, 3),
     "quicknet": (32, 32, 3),
     "quicknet_large": (32, 32, 3),
 }
 # Split points: bnn32's stem, its three sections and the pooled features; the QuickNets'
 # last feature map and the pooled features.
-NUM_SPLIT_POINTS = {"bnn32": 5, "quicknet_small": 2, "quicknet": 2, "quicknet_large": 2}
+NUM_SPLIT_POINTS = {
+    "bnn32": 5,
+    "bnn32_norm": 5,
+    "quicknet_small": 2,
+    "quicknet": 2,
+    "quicknet_large": 2,
+}
 # Outputs of the same weights through the same ops: only float summation order may differ.
 ATOL = 1e-5
 
@@ -50,7 +57,13 @@ def _bnn(seed=0, shape=(16, 16, 1)):
 
 def test_every_name_has_a_spec_and_an_input_shape():
     assert set(BACKBONE_NAMES) == set(BACKBONE_SPECS) == set(INPUT_SHAPES)
-    assert BACKBONE_NAMES == ("bnn32", "quicknet_small", "quicknet", "quicknet_large")
+    assert BACKBONE_NAMES == (
+        "bnn32",
+        "bnn32_norm",
+        "quicknet_small",
+        "quicknet",
+        "quicknet_large",
+    )
 
 
 def test_backbone_gives_pooled_features_of_documented_width(named_backbone):
@@ -113,14 +126,15 @@ def test_bnn32_architecture():
         assert layer.kernel_constraint.clip_value == 1.25
         signs = layer.kernel_quantizer(tf.convert_to_tensor(layer.kernel)).numpy()
         assert set(np.unique(signs)) == {-1.0, 1.0}
-    # Stem + binary blocks + transitions + the pooled features' BatchNorm; BatchNorm has
-    # 4 values per channel.
+    # Stem + binary blocks + transitions; BatchNorm has 4 values per channel.
     stem = 9 * 1 * 32 + 4 * 32
     sections = sum(
         c_in * c + 4 * c + 2 * (9 * c * c + 4 * c)
         for c_in, c in [(32, 64), (64, 128), (128, 256)]
     )
-    assert model.count_params() == stem + sections + 4 * 256 == 1_598_112
+    assert model.count_params() == stem + sections == 1_597_088
+    normalized = backbones.build_backbone("bnn32_norm", input_shape=(16, 16, 1))
+    assert normalized.count_params() == model.count_params() + 4 * 256  # features_bn
     assert [model.get_layer(p).output_shape for p in split_points(model)] == [
         (None, 16, 16, 32),
         (None, 8, 8, 64),

@@ -24,10 +24,18 @@ def _model(num_classes=10):
 def test_count_classes():
     np.testing.assert_array_equal(count_classes([0, 2, 2, 3], 4), [1, 0, 2, 1])
     np.testing.assert_array_equal(count_classes(np.eye(3)[[0, 0, 2]], 3), [2, 0, 1])
-    with pytest.raises(ValueError, match="expected 0 <= class < num_classes=4"):
+    np.testing.assert_array_equal(count_classes(np.float32(2), 3), [0, 0, 1])
+    np.testing.assert_array_equal(count_classes([[1.0], [1.0]], 3), [0, 2, 0])
+    with pytest.raises(ValueError, match="expected 0 <= label < num_classes=4, got 4"):
         count_classes([0, 4], 4)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="`labels` holds NaN or infinite labels"):
         count_classes([0.0, np.nan], 4)
+    with pytest.raises(ValueError, match="`labels` holds NaN or infinite values"):
+        count_classes(np.full((2, 4), np.nan), 4)  # one-hot rows
+    with pytest.raises(ValueError, match=r"`labels` has the wrong shape.*got \(2, 3\)"):
+        count_classes(np.zeros((2, 3)), 4)
+    with pytest.raises(ValueError, match="`num_classes` is out of range"):
+        count_classes([0], 0)
 
 
 def test_experiences_freeze_backbone_and_consolidate(digits):

@@ -1,5 +1,6 @@
 """Safe loading in larq_cwr.datasets: hostile tarballs, pickle-free npz files and cache."""
 
+import io
 import pathlib
 import pickle
 import sys
@@ -13,14 +14,16 @@ from dataset_fakes import (
     jpeg_bytes,
     make_idx_arrays,
     npm_idx_members,
+    write_cifar_pickles,
     write_core50,
     write_idx_dir,
     write_tarball,
 )
+from PIL import Image
 
 import larq_cwr  # noqa: F401  (the Keras 2 guard runs before anything loads TensorFlow)
 from larq_cwr import datasets
-from larq_cwr.datasets import _archives, _cache, _pickles, mnist
+from larq_cwr.datasets import _archives, _cache, _images, _pickles, mnist
 
 
 @pytest.fixture(autouse=True)
@@ -277,6 +280,59 @@ def test_cache_holding_a_single_array_is_rebuilt(tmp_path, cache_dir):
     np.testing.assert_array_equal(datasets.load_mnist(directory).x_test, first.x_test)
 
 
+def test_cache_with_labels_for_another_class_count_is_rebuilt(tmp_path, cache_dir):
+    directory = write_idx_dir(tmp_path / "m", make_idx_arrays())
+    first = datasets.load_mnist(directory)
+    (cache_file,) = cache_dir.glob("*.npz")
+    with np.load(cache_file) as cached:
+        arrays = {key: cached[key] for key in cached.files}
+    arrays["y_train"] = arrays["y_train"] + 40  # as if cached for 50 classes
+    np.savez(cache_file, **arrays)
+    again = datasets.load_mnist(directory)
+    np.testing.assert_array_equal(again.y_train, first.y_train)
+
+
+def _npz_with_compression_method(path, method):
+    """An .npz whose members claim zip compression ``method`` (e.g. an unknown one)."""
+    np.savez(path, x=np.zeros((2, 4, 4, 3), np.uint8))
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = data.find(signature)
+        while start >= 0:
+            data[start + offset : start + offset + 2] = method.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_npz_with_unknown_compression_is_a_value_error(tmp_path):
+    path = _npz_with_compression_method(tmp_path / "odd.npz", 99)
+    with pytest.raises(ValueError, match=r"odd\.npz: not a readable \.npz file"):
+        _archives.read_npz(path, ["x"], expected="x")
+
+
+@pytest.mark.parametrize("cut", [0, 1, 40, -1])
+def test_truncated_cifar10_pickle_is_a_value_error(tmp_path, cut):
+    write_cifar_pickles(tmp_path)
+    path = tmp_path / "data_batch_4"
+    data = path.read_bytes()
+    path.write_bytes(data[: cut % len(data)])
+    with pytest.raises(ValueError, match="data_batch_4: not a readable pickle"):
+        datasets.load_cifar10(tmp_path)
+
+
+def test_broken_png_chunk_is_a_value_error():
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(png, format="PNG")
+    data = bytearray(png.getvalue())
+    data[33:37] = b"\x00\x00\x00\x00"  # IDAT claims 0 bytes: its data reads as a chunk
+    with pytest.raises(SyntaxError):  # what Pillow raises, while decoding
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            image.convert("RGB")
+    with pytest.raises(ValueError, match="x.png: cannot decode image"):
+        _images.decode_image(bytes(data), "x.png", (32, 32, 3))
+
+
 def test_cache_never_writes_object_arrays(tmp_path):
     path = tmp_path / "c.npz"
     arrays = {
@@ -285,8 +341,10 @@ def test_cache_never_writes_object_arrays(tmp_path):
         "x_test": np.zeros((1, 1, 1, 1), np.uint8),
         "y_test": np.zeros(1, np.int32),
     }
-    with pytest.raises(ValueError, match="cached y_train is object array"):
-        _cache._write_cache(path, arrays)
+    with pytest.raises(
+        ValueError, match="`cached y_train` is not an array of integer labels.*object"
+    ):
+        _cache._write_cache(path, arrays, 10)
     assert not path.exists()
 
 

@@ -104,12 +104,14 @@ def test_properties_are_copies():
     [
         ({3: 5}, "expected 0 <= class < num_classes=3"),
         ({-1: 5}, "expected 0 <= class < num_classes=3"),
-        ({0: -2}, "negative"),
+        ({0: -2}, "`class_counts` has a count out of range; expected counts >= 0, got -2"),
         ({0: 0, 1: 0}, "no pattern"),
         (np.zeros(3), "no pattern"),
         (np.ones(4), "length num_classes=3"),
         ({0: 1.5}, "integer"),
-        ({"a": 1}, "int class indices"),
+        ({"a": 1}, r"`class_counts.keys\(\)` is not an array of integer classes"),
+        ({0: None}, "`class_counts` is not an array of integer counts"),
+        ({0: np.nan}, "`class_counts` holds NaN or infinite counts"),
     ],
 )
 def test_bad_counts_raise_and_keep_state(counts, message):
@@ -126,7 +128,7 @@ def test_bad_counts_raise_and_keep_state(counts, message):
 
 
 def test_non_2d_input_raises():
-    with pytest.raises(ValueError, match="2-D inputs"):
+    with pytest.raises(ValueError, match="`inputs` of CWRStarHead are not 2-D"):
         CWRStarHead(3)(tf.keras.Input((4, 4, 8)))
 
 

@@ -162,14 +162,18 @@ def test_to_dict_is_json_and_round_trips():
 @pytest.mark.parametrize(
     "args, match",
     [
-        ((0, 6, []), "`n_experiences`=0; expected a positive int"),
-        ((3, 0, EXPERIENCE_CLASSES), "`num_classes`=0"),
-        ((2, 6, EXPERIENCE_CLASSES), "has 3 entries; expected one per experience"),
-        ((3, 6, [(0, 1), (2, 6), (4, 5)]), r"`experience_classes\[1\]`=\[2, 6\]"),
-        ((3, 6, [(0, 1), (2, -1), (4, 5)]), r"`experience_classes\[1\]`=\[2, -1\]"),
-        ((3, 6, [(0, 1), (), (4, 5)]), r"`experience_classes\[1\]`=\(\); expected a non"),
+        ((0, 6, []), "`n_experiences` is out of range; expected n_experiences >= 1"),
+        ((3, 0, EXPERIENCE_CLASSES), "`num_classes` is out of range.*got 0"),
+        ((2, 6, EXPERIENCE_CLASSES), "has the wrong length; expected one entry per"),
+        (
+            (3, 6, [(0, 1), (2, 6), (4, 5)]),
+            r"`experience_classes\[1\]` has a class out of range; expected 0 <= class < "
+            "num_classes=6, got 6",
+        ),
+        ((3, 6, [(0, 1), (2, -1), (4, 5)]), r"`experience_classes\[1\]` .*got -1"),
+        ((3, 6, [(0, 1), (), (4, 5)]), r"`experience_classes\[1\]` is empty; expected"),
         ((3, 6, [(0, 0), (2, 3), (4, 5)]), "repeats a class"),
-        ((3, 6, [(0, 1.5), (2, 3), (4, 5)]), "expected integer classes"),
+        ((3, 6, [(0, 1.5), (2, 3), (4, 5)]), "expected integer classes, got 1.5"),
     ],
 )
 def test_constructor_rejects_bad_arguments(args, match):
@@ -180,17 +184,17 @@ def test_constructor_rejects_bad_arguments(args, match):
 @pytest.mark.parametrize(
     "index, y_true, y_pred, match",
     [
-        (3, Y_TRUE, Y_PRED[0], r"`experience_index`=3; expected an int in \[0, n_exp"),
-        (-1, Y_TRUE, Y_PRED[0], "`experience_index`=-1"),
-        (True, Y_TRUE, Y_PRED[0], "`experience_index`=True"),
-        (0, Y_TRUE, Y_PRED[0][:-1], "`y_true` has 14 samples but `y_pred` has 13"),
-        (0, Y_TRUE, np.zeros((14, 5)), r"`y_pred` has shape \(14, 5\)"),
-        (0, Y_TRUE, np.full((14, 6), np.nan), "`y_pred` scores hold NaN"),
-        (0, np.append(Y_TRUE[:-1], 6), Y_PRED[0], "`y_true` has label 6"),
-        (0, np.append(Y_TRUE[:-1], -1), Y_PRED[0], "`y_true` has label -1"),
-        (0, Y_TRUE, np.append(Y_PRED[0][:-1], 9), "`y_pred` has label 9"),
-        (0, Y_TRUE.astype(float), Y_PRED[0], "`y_true` has dtype float64"),
-        (0, Y_TRUE, Y_PRED[0].astype(float), "`y_pred` has dtype float64"),
+        (3, Y_TRUE, Y_PRED[0], "expected 0 <= experience_index <= 2, got 3"),
+        (-1, Y_TRUE, Y_PRED[0], "`experience_index` is out of range.*got -1"),
+        (True, Y_TRUE, Y_PRED[0], "`experience_index` is not an int.*got True"),
+        (0, Y_TRUE, Y_PRED[0][:-1], "`y_true` and `y_pred` differ.*got 14 and 13"),
+        (0, Y_TRUE, np.zeros((14, 5)), r"`y_pred` has the wrong shape.*got \(14, 5\)"),
+        (0, Y_TRUE, np.full((14, 6), np.nan), "`y_pred` holds NaN or infinite values"),
+        (0, np.append(Y_TRUE[:-1], 6), Y_PRED[0], "`y_true` has a label out.*got 6"),
+        (0, np.append(Y_TRUE[:-1], -1), Y_PRED[0], "`y_true` has a label out.*got -1"),
+        (0, Y_TRUE, np.append(Y_PRED[0][:-1], 9), "`y_pred` has a label out.*got 9"),
+        (0, Y_TRUE + 0.5, Y_PRED[0], "`y_true` holds a non-integer label"),
+        (0, Y_TRUE, Y_PRED[0].astype(str), "`y_pred` is not an array of integer labels"),
     ],
 )
 def test_update_rejects_bad_inputs_and_keeps_state(index, y_true, y_pred, match):
@@ -205,7 +209,7 @@ def test_update_rejects_bad_inputs_and_keeps_state(index, y_true, y_pred, match)
 @pytest.mark.parametrize("i", [-1, 3, 1.0])
 def test_metric_index_is_validated(i):
     acc = filled()
-    with pytest.raises(ValueError, match="`i`="):
+    with pytest.raises(ValueError, match="`i` is "):
         acc.accuracy_seen(i)
-    with pytest.raises(ValueError, match="`i`="):
+    with pytest.raises(ValueError, match="`i` is "):
         acc.accuracy_all(i)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from larq_cwr import pretraining
 from larq_cwr.backbones import build_backbone
 from larq_cwr.pretraining import _relabel, _stratified_split, pretrain, pretrain_backbone
 
@@ -82,20 +83,26 @@ def test_stratified_split_holds_out_each_class():
 
 # Each bad input, as a function of the valid (x, y), and the error message it must get.
 BAD_INPUTS = {
-    "x 3-D": (lambda x, y: {"x": x[..., 0]}, "4-D float"),
+    "x 3-D": (lambda x, y: {"x": x[..., 0]}, "`x` is not a batch of images"),
     "x int": (lambda x, y: {"x": (x * 16).astype(np.int64)}, "4-D float"),
-    "x empty": (lambda x, y: {"x": x[:0], "y": y[:0]}, "empty"),
-    "x 8 px": (lambda x, y: {"x": x[:, :8, :8]}, "expects"),
-    "y float": (lambda x, y: {"y": y.astype(np.float32)}, "integer labels"),
-    "y short": (lambda x, y: {"y": y[:-1]}, "integer labels"),
-    "y negative": (lambda x, y: {"y": np.where(y == 0, -1, y)}, ">= 0"),
-    "class absent": (lambda x, y: {"classes": [0, 11]}, r"\[11\], absent"),
+    "x empty": (lambda x, y: {"x": x[:0], "y": y[:0]}, "`x` is empty"),
+    "x 8 px": (
+        lambda x, y: {"x": x[:, :8, :8]},
+        r"`x` has the wrong sample shape; expected \(16, 16, 1\), got \(8, 8, 1\)",
+    ),
+    "x NaN": (lambda x, y: {"x": np.where(x > 0.5, np.nan, x)}, "`x` holds NaN"),
+    "y non-integer": (lambda x, y: {"y": y + 0.5}, "`y` holds a non-integer label"),
+    "y strings": (lambda x, y: {"y": y.astype(str)}, "`y` is not an array of integer"),
+    "y short": (lambda x, y: {"y": y[:-1]}, "`x` and `y` differ in length"),
+    "y negative": (lambda x, y: {"y": np.where(y == 0, -1, y)}, "out of range.*got -1"),
+    "class absent": (lambda x, y: {"classes": [0, 11]}, r"absent from `y`.*got \[11\]"),
     "one class": (lambda x, y: {"classes": [0]}, "at least two"),
-    "repeated class": (lambda x, y: {"classes": [1, 1]}, "at least two distinct"),
+    "repeated class": (lambda x, y: {"classes": [1, 1]}, "`classes` repeats a class"),
     "epochs 0": (lambda x, y: {"epochs": 0}, "`epochs`"),
     "batch_size 0": (lambda x, y: {"batch_size": 0}, "`batch_size`"),
     "learning_rate 0": (lambda x, y: {"learning_rate": 0.0}, "`learning_rate`"),
     "validation 1": (lambda x, y: {"validation_fraction": 1.0}, "`validation_fraction`"),
+    "seed -1": (lambda x, y: {"seed": -1}, "`seed` is out of range"),
 }
 
 
@@ -109,6 +116,23 @@ def test_bad_inputs_raise_and_leave_backbone_unchanged(digits16, small_backbone,
         pretrain_backbone(small_backbone, kwargs.pop("x"), kwargs.pop("y"), **kwargs)
     for old, new in zip(before, small_backbone.weights):
         np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_pretrain_checks_arguments_before_building(digits16, tmp_path, monkeypatch):
+    x, y = digits16
+
+    def build_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was built before the arguments were checked")
+
+    monkeypatch.setattr(pretraining, "build_backbone", build_backbone)
+    path = tmp_path / "weights.h5"
+    with pytest.raises(ValueError, match="`epochs` is out of range"):
+        pretrain("bnn32", x, y, epochs=0, out_path=path)
+    with pytest.raises(ValueError, match="`y` holds a non-integer label"):
+        pretrain("bnn32", x, y + 0.5, out_path=path)
+    with pytest.raises(TypeError, match="epoch"):
+        pretrain("bnn32", x, y, epoch=1, out_path=path)
+    assert not path.exists()
 
 
 def test_pixel_range_warning(digits16, small_backbone):

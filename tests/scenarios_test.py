@@ -206,7 +206,7 @@ def test_make_scenario_dispatches_and_forwards_kwargs():
     assert [e.classes for e in nc] == [e.classes for e in direct]
     ni = make_scenario("ni", x, y, x_test, y_test, n_experiences=3, seed=6)
     assert ni.name == "ni" and len(ni) == 3
-    with pytest.raises(ValueError, match="`name`='nic'"):
+    with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
         make_scenario("nic", x, y, x_test, y_test, n_experiences=3)
     with pytest.raises(TypeError):
         make_scenario("ni", x, y, x_test, y_test, n_experiences=3, class_order=range(10))
@@ -218,7 +218,7 @@ def test_dtypes_are_converted_without_float64():
         x.astype(np.float64),
         y.astype(np.int64)[:, None],  # (n, 1) labels as Keras datasets give them
         x_test.astype(np.uint8),
-        y_test.astype(np.int64),
+        y_test.astype(np.float64),  # integral floats are labels too
         n_experiences=2,
     )
     for array in [scenario.x_test, *(e.x_train for e in scenario)]:
@@ -274,7 +274,7 @@ def test_split_validation_rejects_bad_fraction(fraction):
 def test_split_validation_rejects_empty_validation():
     x, y, x_test, y_test = indexed_data(per_class=5)
     experience = ni_scenario(x, y, x_test, y_test, n_experiences=1)[0]
-    with pytest.raises(ValueError, match="`fraction`=0.01 holds out no sample"):
+    with pytest.raises(ValueError, match="`fraction` holds out no sample.*got 0.01"):
         experience.split_validation(0.01)
 
 
@@ -342,9 +342,9 @@ def test_dataset_arguments_are_validated():
             scenario[0].train_dataset(bad)
         with pytest.raises(ValueError, match="`batch_size`"):
             scenario.test_dataset(bad)
-    with pytest.raises(ValueError, match=r"`classes` has classes \[10\]"):
+    with pytest.raises(ValueError, match="`classes` has a class out of range.*got 10"):
         scenario.test_dataset(8, classes=[1, 10])
-    with pytest.raises(ValueError, match=r"`classes`=\[7, 8\] selects no test sample"):
+    with pytest.raises(ValueError, match=r"`classes` selects no test sample.*\[7, 8\]"):
         scenario.test_dataset(8, classes=[7, 8])
 
 
@@ -374,17 +374,29 @@ def _negative_label():
 @pytest.mark.parametrize(
     "changes, match",
     [
-        (dict(n_experiences=0), "`n_experiences`=0; expected n_experiences >= 1"),
-        (dict(n_experiences=2.0), "`n_experiences`=2.0; expected an int"),
-        (dict(y_train=np.zeros(29, int)), "`x_train` has 30 samples but `y_train` has 29"),
-        (dict(y_test=np.zeros(3, int)), "`x_test` has 20 samples but `y_test` has 3"),
-        (dict(y_train=_negative_label()), "`y_train` has label -1"),
-        (dict(num_classes=9), "`y_train` has label 9; expected 0 <= label < num_classes=9"),
+        (dict(n_experiences=0), "`n_experiences` is out of range; expected "),
+        (dict(n_experiences=2.0), "`n_experiences` is not an int; expected an int"),
+        (
+            dict(y_train=np.zeros(29, int)),
+            "`x_train` and `y_train` differ in length; expected the same number of "
+            "samples, got 30 and 29",
+        ),
+        (dict(y_test=np.zeros(3, int)), "`x_test` and `y_test` differ.*got 20 and 3"),
+        (dict(y_train=_negative_label()), "`y_train` has a label out of range.*got -1"),
+        (
+            dict(num_classes=9),
+            "`y_train` has a label out of range; expected 0 <= label < num_classes=9, "
+            "got 9",
+        ),
         (dict(num_classes=11), r"no samples of classes \[10\]"),
-        (dict(x_train=_nan_x()), "`x_train` holds NaN"),
-        (dict(y_train=np.zeros(30)), "`y_train` has dtype float64"),
-        (dict(x_test=np.zeros((20, 4), np.float32)), "samples have shape"),
-        (dict(seed=-1), "`seed`=-1"),
+        (dict(x_train=_nan_x()), r"`x_train` holds NaN .*got nan at index \(4, 2\)"),
+        (dict(y_train=np.full(30, 0.5)), "`y_train` holds a non-integer label"),
+        (dict(y_train=np.array(["a"] * 30)), "`y_train` is not an array of integer"),
+        (
+            dict(x_test=np.zeros((20, 4), np.float32)),
+            r"`x_test` has the wrong sample shape; expected \(3,\), got \(4,\)",
+        ),
+        (dict(seed=-1), "`seed` is out of range; expected 0 <= seed <= 4294967295, got -1"),
     ],
 )
 def test_factories_reject_bad_inputs(factory, changes, match):
@@ -395,24 +407,31 @@ def test_factories_reject_bad_inputs(factory, changes, match):
 @pytest.mark.parametrize(
     "changes, match",
     [
-        (dict(n_experiences=11), "`n_experiences`=11; expected n_experiences <= 10"),
+        (dict(n_experiences=11), "expected 1 <= n_experiences <= 10, got 11"),
         (
             dict(n_experiences=3),
-            "num_classes=10 does not split evenly into `n_experiences`=3",
+            "`n_experiences` does not split num_classes=10 evenly; expected a divisor "
+            "of 10 .*got 3",
         ),
         (
             dict(n_experiences=4, first_experience_classes=3),
-            "`first_experience_classes`=3 leaves 7 of num_classes=10 classes",
+            "`first_experience_classes` leaves 7 of num_classes=10 classes; expected a "
+            "multiple of 3 .*got 3",
         ),
         (
             dict(n_experiences=2, first_experience_classes=10),
-            "`first_experience_classes`=10 leaves 0",
+            "`first_experience_classes` leaves 0 .*got 10",
         ),
-        (dict(n_experiences=1, first_experience_classes=4), "leaves 6"),
-        (dict(first_experience_classes=0), "`first_experience_classes`=0"),
+        (dict(n_experiences=1, first_experience_classes=4), "leaves 6.*all of them"),
+        (dict(first_experience_classes=0), "`first_experience_classes` is out of range"),
+        (dict(first_experience_classes=11), "first_experience_classes <= 10, got 11"),
         (dict(class_order=[0, 1, 2, 3, 4, 5, 6, 7, 8, 8]), "not a permutation of range"),
         (dict(class_order=[0, 1, 2]), "not a permutation of range"),
-        (dict(class_order=list(range(1, 11))), r"`class_order` has classes \[10\]"),
+        (
+            dict(class_order=list(range(1, 11))),
+            "`class_order` has a class out of range; expected 0 <= class < "
+            "num_classes=10, got 10",
+        ),
     ],
 )
 def test_nc_rejects_bad_splits(changes, match):
@@ -423,7 +442,7 @@ def test_nc_rejects_bad_splits(changes, match):
 def test_ni_rejects_more_experiences_than_samples_per_class():
     x, y, x_test, y_test = indexed_data(per_class=3)
     with pytest.raises(
-        ValueError, match="`n_experiences`=4 exceeds the 3 training samples"
+        ValueError, match="`n_experiences` exceeds the 3 training samples.*got 4"
     ):
         ni_scenario(x, y, x_test, y_test, n_experiences=4)
 
@@ -432,18 +451,18 @@ def test_experience_and_scenario_check_their_fields():
     x = np.zeros((3, 2), np.float32)
     y = np.array([0, 2, 2], np.int32)
     assert Experience(0, (0, 2), x, y, 3).class_counts.tolist() == [1, 0, 2]
-    with pytest.raises(ValueError, match=r"`classes`=\(0, 1\)"):
+    with pytest.raises(ValueError, match=r"`classes` .*got \(0, 1\)"):
         Experience(0, (0, 1), x, y, 3)
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="`x_train` is not a numpy float32 array"):
         Experience(0, (0, 2), x.astype(np.float64), y, 3)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="`y_train` is empty"):
         Experience(0, (), x[:0], y[:0], 3)
     with pytest.raises(ValueError, match="num_classes=2"):
         Experience(0, (0, 2), x, y, 2)
     experience = Experience(0, (0, 2), x, y, 3)
-    with pytest.raises(ValueError, match=r"`experiences\[0\]` has index=0"):
+    with pytest.raises(ValueError, match=r"`experiences\[0\]` does not fit.*got index=0"):
         Scenario("nc", (experience,), x, y, 4, (0, 1, 2, 3))
-    with pytest.raises(ValueError, match="`name`='nic'"):
+    with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
         Scenario("nic", (experience,), x, y, 3, (0, 1, 2))
     with pytest.raises(ValueError, match="not a permutation"):
         Scenario("nc", (experience,), x, y, 3, (0, 1, 1))

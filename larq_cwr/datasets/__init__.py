@@ -35,6 +35,7 @@ import types
 import warnings
 from typing import Callable, Mapping
 
+from larq_cwr._checks import check_choice
 from larq_cwr.datasets._cache import CACHE_DIR_VARIABLE, default_cache_dir
 from larq_cwr.datasets._dataset import ImageDataset, PathLike
 from larq_cwr.datasets.cifar10 import (
@@ -151,12 +152,13 @@ def load_dataset(
             )
         return load_digits(image_size=image_size, seed=seed)
     if data_dir is None and key in _REQUIRED_DATA_DIR:
-        raise ValueError(f"`data_dir` is required for {key!r}: {_REQUIRED_DATA_DIR[key]}")
+        raise ValueError(
+            f"`data_dir` is required for {key!r}; expected a path ("
+            f"{_REQUIRED_DATA_DIR[key].rstrip('.')}), got None."
+        )
     return LOADERS[key](data_dir, cache_dir=cache_dir, image_size=image_size)
 
 
 def _normalize_name(name: str) -> str:
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in LOADERS:
-        raise ValueError(f"Unknown data set {name!r}; expected one of {DATASET_NAMES}.")
-    return key
+    """``name`` lowercased with ``-`` for ``_``, if that is one of `DATASET_NAMES`."""
+    return check_choice(str(name).strip().lower().replace("_", "-"), DATASET_NAMES, "name")

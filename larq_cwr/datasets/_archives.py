@@ -24,8 +24,16 @@ import numpy as np
 # What tarfile raises, or lets through from gzip/bz2/lzma, on a corrupt or foreign file.
 _CORRUPT_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 # What np.load raises on a truncated, overwritten or foreign .npz file; an object array
-# read with allow_pickle=False raises ValueError.
-_CORRUPT_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+# read with allow_pickle=False raises ValueError. zipfile raises NotImplementedError (a
+# RuntimeError) for an unknown compression method and RuntimeError for encryption.
+_CORRUPT_NPZ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 _PATH_SEPARATORS = re.compile(r"[/\\]")  # "\\" too: a name is also unsafe on Windows
 
 

@@ -18,8 +18,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from larq_cwr._checks import check_labels, check_same_length, describe
 from larq_cwr.datasets._archives import read_npz
-from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike, describe
+from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike
 from larq_cwr.datasets._images import resize_split, to_float
 
 logger = logging.getLogger(__name__)
@@ -78,23 +79,24 @@ def load_cached(
     The native-size arrays are cached as uint8; resized ones as float32 in a file of
     their own. A resized load reuses the native cache file when there is one.
     """
+    num_classes = len(class_names)
     native_file = _cache_file(root, name, fingerprint, None)
     if image_size is None:
-        arrays = _read_cache(native_file)
+        arrays = _read_cache(native_file, num_classes)
         if arrays is None:
             arrays = decode()
-            _write_cache(native_file, arrays)
+            _write_cache(native_file, arrays, num_classes)
     else:
         resized_file = _cache_file(root, name, fingerprint, image_size)
-        arrays = _read_cache(resized_file)
+        arrays = _read_cache(resized_file, num_classes)
         if arrays is None:
-            native = _read_cache(native_file)
+            native = _read_cache(native_file, num_classes)
             if native is None:
                 native = decode()  # not cached: only the resized arrays are asked for
             arrays = {
                 key: resize_split(value, image_size, key) for key, value in native.items()
             }
-            _write_cache(resized_file, arrays)
+            _write_cache(resized_file, arrays, num_classes)
     return ImageDataset(
         name=name,
         x_train=to_float(arrays["x_train"]),
@@ -119,15 +121,16 @@ def _cache_file(
     return root / f"{name}-{size}-{digest}.npz"
 
 
-def _read_cache(path: pathlib.Path) -> Arrays | None:
-    """Returns the cached arrays, or None when the file is absent or unusable (deleted)."""
+def _read_cache(path: pathlib.Path, num_classes: int) -> Arrays | None:
+    """Returns the cached arrays, or None when the file is absent or unusable (deleted):
+    unreadable, foreign, or with labels for another number of classes."""
     if not path.is_file():
         return None
     try:
         arrays = read_npz(
             path, _SPLIT_KEYS, expected=f"the arrays {', '.join(_SPLIT_KEYS)}"
         )
-        _check_cached_arrays(arrays)
+        _check_cached_arrays(arrays, num_classes)
     except ValueError as error:
         logger.warning("Deleting unreadable cache file %s (%s); rebuilding.", path, error)
         try:
@@ -139,22 +142,26 @@ def _read_cache(path: pathlib.Path) -> Arrays | None:
     return arrays
 
 
-def _check_cached_arrays(arrays: Arrays) -> None:
-    """Raises a ValueError unless the arrays are numeric splits (never object arrays)."""
+def _check_cached_arrays(arrays: Arrays, num_classes: int) -> None:
+    """Raises a ValueError unless the arrays are numeric splits (never object arrays)
+    with labels in ``[0, num_classes)``."""
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 4 or x.dtype not in (np.uint8, np.float32):
-            raise ValueError(f"cached x_{split} is {describe(x)}")
-        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"cached y_{split} is {describe(y)} for {len(x)} images")
+            raise ValueError(
+                f"`cached x_{split}` is not an image array; expected a uint8 or float32 "
+                f"array of rank 4, got {describe(x)}."
+            )
+        check_labels(y, f"cached y_{split}", num_classes=num_classes)
+        check_same_length({f"cached x_{split}": x, f"cached y_{split}": y})
 
 
-def _write_cache(path: pathlib.Path, arrays: Arrays) -> None:
+def _write_cache(path: pathlib.Path, arrays: Arrays, num_classes: int) -> None:
     """Writes ``arrays`` to ``path`` atomically; failures are logged, not raised.
 
     The arrays are checked first, so `numpy.savez` never pickles (object arrays raise).
     """
-    _check_cached_arrays(arrays)
+    _check_cached_arrays(arrays, num_classes)
     tmp_name = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,21 @@
-"""`ImageDataset`, the type every loader returns, and the checks its arrays go through."""
+"""`ImageDataset`, the type every loader returns, checked by `larq_cwr._checks`."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, Union
+from typing import Dict, Union
 
 import numpy as np
-import numpy.typing as npt
+
+from larq_cwr._checks import (
+    check_array,
+    check_images,
+    check_labels,
+    check_nonempty,
+    check_same_length,
+    check_sample_shape,
+)
 
 PathLike = Union[str, os.PathLike]
 
@@ -29,8 +37,9 @@ class ImageDataset:
         class_names: One name per class; label ``i`` is ``class_names[i]``.
 
     Raises:
-        ValueError: An array has the wrong rank, dtype or length, train and test images
-            differ in shape, or a label is outside ``[0, len(class_names))``.
+        ValueError: An array has the wrong rank, dtype or length, images have other than
+            1 or 3 channels or NaN/Inf pixels, train and test images differ in shape, or
+            a label is outside ``[0, len(class_names))``.
 
     Example:
         `ds = load_digits(); ds.input_shape, ds.num_classes` gives `((8, 8, 1), 10)`.
@@ -45,34 +54,15 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-        if not self.class_names:
-            raise ValueError("`class_names` is empty; expected one name per class.")
+        check_nonempty(self.class_names, "class_names", what="class name")
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
-                raise ValueError(
-                    f"`x_{split}` must be a float32 array of shape (n, height, width, "
-                    f"channels); received {describe(x)}."
-                )
-            if x.shape[-1] not in (1, 3):
-                raise ValueError(
-                    f"`x_{split}` has {x.shape[-1]} channels; expected 1 or 3."
-                )
-            if not isinstance(y, np.ndarray) or y.dtype != np.int32 or y.ndim != 1:
-                raise ValueError(
-                    f"`y_{split}` must be an int32 array of shape (n,); "
-                    f"received {describe(y)}."
-                )
-            if len(x) != len(y):
-                raise ValueError(
-                    f"`x_{split}` has {len(x)} images but `y_{split}` has {len(y)} labels."
-                )
-            check_labels(y, self.num_classes, f"`y_{split}`")
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
-                f"Train images have shape {self.x_train.shape[1:]} but test images have "
-                f"shape {self.x_test.shape[1:]}; expected the same."
-            )
+            check_array(x, f"x_{split}", dtype=np.float32, ndim=4)
+            check_images(x, f"x_{split}")  # 1 or 3 channels, finite
+            check_array(y, f"y_{split}", dtype=np.int32, ndim=1)
+            check_same_length({f"x_{split}": x, f"y_{split}": y})
+            check_labels(y, f"y_{split}", num_classes=self.num_classes)
+        check_sample_shape(self.x_test, "x_test", expected=self.x_train.shape[1:])
 
     @property
     def num_classes(self) -> int:
@@ -91,20 +81,3 @@ class ImageDataset:
             f"test={len(self.x_test)}, input_shape={self.input_shape}, "
             f"num_classes={self.num_classes})"
         )
-
-
-def check_labels(labels: npt.ArrayLike, num_classes: int, source: str) -> None:
-    """Raises a ValueError naming ``source`` unless labels are in ``[0, num_classes)``."""
-    labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{source}: labels span {labels.min()}..{labels.max()}; expected "
-            f"0 <= label < num_classes={num_classes}."
-        )
-
-
-def describe(value: Any) -> str:
-    """``"uint8 array of shape (2, 3)"`` for arrays, else the type name (for errors)."""
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array of shape {value.shape}"
-    return type(value).__name__

@@ -7,18 +7,23 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from larq_cwr._checks import check_positive_int
+
 _RESIZE_CHUNK = 4096  # images resized per call, bounds the float32 working memory
+# What Pillow raises on a corrupt or foreign image (SyntaxError: some broken PNG chunks).
+_CORRUPT_IMAGE_ERRORS = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    OSError,
+    ValueError,
+    SyntaxError,
+)
 
 
 def check_image_size(image_size: int | None) -> None:
     """Raises a ValueError unless ``image_size`` is None or a positive int."""
-    if image_size is None:
-        return
-    is_int = isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool)
-    if not is_int or image_size < 1:
-        raise ValueError(
-            f"`image_size` must be a positive int or None; received {image_size!r}."
-        )
+    if image_size is not None:
+        check_positive_int(image_size, "image_size")
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -64,7 +69,7 @@ def decode_image(data: bytes, source: str, shape: tuple[int, ...]) -> np.ndarray
     try:
         with Image.open(io.BytesIO(data)) as image:
             pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except _CORRUPT_IMAGE_ERRORS as error:
         raise ValueError(f"{source}: cannot decode image ({error}).") from error
     if pixels.shape != shape:
         raise ValueError(f"{source}: image of shape {pixels.shape}; expected {shape}.")

@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from larq_cwr._checks import (
+    check_array,
+    check_labels,
+    check_same_length,
+    check_sample_shape,
+)
 from larq_cwr.datasets._archives import read_tar_files
 from larq_cwr.datasets._cache import cache_root, load_cached, stamp
-from larq_cwr.datasets._dataset import (
-    Arrays,
-    ImageDataset,
-    PathLike,
-    check_labels,
-    describe,
-)
+from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike
 from larq_cwr.datasets._images import check_image_size, decode_image
 from larq_cwr.datasets._pickles import load_pickle
 
@@ -159,16 +159,10 @@ def _read_cifar10_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(_pickle_field(batch, "data", path))
     labels = np.asarray(_pickle_field(batch, "labels", path))
     pixels = 3 * _CIFAR10_IMAGE_SIZE**2  # 3 channel planes of 32 x 32, row-major
-    if data.ndim != 2 or data.shape[1] != pixels or data.dtype != np.uint8:
-        raise ValueError(
-            f"{path}: `data` must be uint8 of shape (n, {pixels}); "
-            f"received {describe(data)}."
-        )
-    if labels.ndim != 1 or len(labels) != len(data):
-        raise ValueError(
-            f"{path}: {labels.size} labels for {len(data)} images; expected one label each."
-        )
-    check_labels(labels, len(CIFAR10_CLASS_NAMES), str(path))
+    check_array(data, f"{path}:data", dtype=np.uint8, ndim=2)
+    check_sample_shape(data, f"{path}:data", expected=(pixels,))
+    labels = check_labels(labels, f"{path}:labels", num_classes=len(CIFAR10_CLASS_NAMES))
+    check_same_length({f"{path}:data": data, f"{path}:labels": labels})
     images = data.reshape(-1, 3, _CIFAR10_IMAGE_SIZE, _CIFAR10_IMAGE_SIZE)
     return images.transpose(0, 2, 3, 1), labels.astype(np.int32)
 

@@ -14,9 +14,16 @@ import re
 
 import numpy as np
 
+from larq_cwr._checks import (
+    check_array,
+    check_choice,
+    check_int,
+    check_same_length,
+    check_sample_shape,
+)
 from larq_cwr.datasets._archives import read_npz
 from larq_cwr.datasets._cache import cache_root, load_cached, stamp
-from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike, describe
+from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike
 from larq_cwr.datasets._images import check_image_size
 from larq_cwr.datasets._pickles import load_pickle
 
@@ -77,11 +84,10 @@ def load_core50(
             ``paths.pkl`` in length, or a path does not name a session and object.
     """
     check_image_size(image_size)
-    if num_classes not in (len(CORE50_CATEGORY_NAMES), _CORE50_NUM_OBJECTS):
-        raise ValueError(
-            f"`num_classes` must be {len(CORE50_CATEGORY_NAMES)} (categories) or "
-            f"{_CORE50_NUM_OBJECTS} (objects); received {num_classes!r}."
-        )
+    num_classes = check_int(num_classes, "num_classes")
+    check_choice(
+        num_classes, (len(CORE50_CATEGORY_NAMES), _CORE50_NUM_OBJECTS), "num_classes"
+    )
     root = pathlib.Path(data_dir)
     files = [root / _CORE50_IMAGES, root / _CORE50_PATHS]
     for file in files:
@@ -140,11 +146,9 @@ def _read_core50(root: pathlib.Path, num_classes: int) -> Arrays:
 
     logger.info("Reading CORe50 images from %s", images_file)
     x = read_npz(images_file, ["x"], expected="the uint8 image array under 'x'")["x"]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(paths):
-        raise ValueError(
-            f"{images_file}: 'x' must be uint8 of shape ({len(paths)}, height, width, 3), "
-            f"one image per entry of {_CORE50_PATHS}; received {describe(x)}."
-        )
+    check_array(x, f"{images_file}:x", dtype=np.uint8, ndim=4)
+    check_sample_shape(x, f"{images_file}:x", expected=(None, None, 3))
+    check_same_length({f"{images_file}:x": x, str(paths_file): paths})
 
     labels = objects - 1
     if num_classes != _CORE50_NUM_OBJECTS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from larq_cwr._checks import check_fraction, check_seed
 from larq_cwr.datasets._dataset import ImageDataset
 from larq_cwr.datasets._images import check_image_size, resize_images
 from larq_cwr.datasets.mnist import MNIST_CLASS_NAMES
@@ -27,27 +28,28 @@ def load_digits(
             None keeps 8 x 8.
         test_fraction: Share of the images held out for testing, in ``(0, 1)``; the
             split keeps the class proportions.
-        seed: Seed of the split; the same seed gives the same split.
+        seed: Int in ``[0, 2**32)``, seed of the split; the same seed gives the same
+            split.
 
     Returns:
         The data set, named ``"digits"``, with 1 channel and 10 classes.
 
     Raises:
-        ValueError: ``test_fraction`` is not in ``(0, 1)`` or ``image_size`` is not a
-            positive int.
+        ValueError: ``test_fraction`` is not in ``(0, 1)``, ``image_size`` is not a
+            positive int or ``seed`` is out of range.
     """
     from sklearn.datasets import load_digits as sklearn_load_digits
     from sklearn.model_selection import train_test_split
 
     check_image_size(image_size)
-    if isinstance(test_fraction, bool) or not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1); received {test_fraction!r}.")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
+    seed = check_seed(seed)
     bunch = sklearn_load_digits()
     max_value = 16.0  # sklearn digits count set pixels in 4x4 blocks: 0..16
     x = (bunch.images / max_value).astype(np.float32)[..., np.newaxis]
     y = bunch.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=float(test_fraction), stratify=y, random_state=seed
+        x, y, test_size=test_fraction, stratify=y, random_state=seed
     )
     return ImageDataset(
         name="digits",

@@ -9,14 +9,9 @@ from typing import Callable
 
 import numpy as np
 
+from larq_cwr._checks import check_array, check_labels, check_same_length
 from larq_cwr.datasets._cache import load_cached, stamp
-from larq_cwr.datasets._dataset import (
-    Arrays,
-    ImageDataset,
-    PathLike,
-    check_labels,
-    describe,
-)
+from larq_cwr.datasets._dataset import Arrays, ImageDataset, PathLike
 
 _IDX_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -148,23 +143,9 @@ def _read_idx_splits(read: Callable[[str], np.ndarray], num_classes: int) -> Arr
     """Reads and checks the train and test images/labels via ``read(stem)``."""
     arrays: Arrays = {}
     for split, (image_stem, label_stem) in _IDX_STEMS.items():
-        images, labels = read(image_stem), read(label_stem)
-        if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(
-                f"{image_stem}: expected uint8 images of shape (n, height, width); "
-                f"received {describe(images)}."
-            )
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"{label_stem}: expected integer labels of shape (n,); "
-                f"received {describe(labels)}."
-            )
-        if len(images) != len(labels):
-            raise ValueError(
-                f"{image_stem} has {len(images)} images but {label_stem} has {len(labels)} "
-                "labels; expected the same count."
-            )
-        check_labels(labels, num_classes, label_stem)
+        images = check_array(read(image_stem), image_stem, dtype=np.uint8, ndim=3)
+        labels = check_labels(read(label_stem), label_stem, num_classes=num_classes)
+        check_same_length({image_stem: images, label_stem: labels})
         arrays[f"x_{split}"] = images[..., np.newaxis]
         arrays[f"y_{split}"] = labels.astype(np.int32)
     return arrays

@@ -1,0 +1,291 @@
+"""Split-CIFAR-10 NC with latent replay: 1-bit vs float32 memory, frozen vs trained blocks.
+
+For each seed the first experience trains `bnn32_norm` (float, Adam, the same budget as
+`split_cifar10.py`); the network is split at the input of its last
+`--trainable-blocks` binary blocks (the latent layer), and every variant learns the
+later experiences from that same network (SGD, batch 50 new + 128 replayed):
+
+- head-only CWR* 8/16 (no replay; the blocks above the latent layer frozen);
+- CWR* 8/16 + float32 replay of N patterns, + 1-bit replay of the same N patterns, and
+  + 1-bit replay of 32N patterns (the same pattern bytes as float32: the follow-up's
+  argument), blocks frozen; plain fine-tuning + the same 1-bit 32N memory;
+- CWR* 8/16 + 1-bit 32N replay with the blocks above the latent layer trained by
+  quantized back-prop, gradients at q_b = 16 and 8 bits (METHOD §5);
+- joint training of the whole network (upper bound).
+
+Reported per seed: final accuracy, its fraction of joint, replay pattern bytes, and the
+later experiences' fit time relative to head-only CWR* (the same number of steps, so
+the step-time ratio). Results: `benchmarks/results/split_cifar10_replay*.json`
+(code-keyed, `common.cached`) and the table in `docs/replay.md`.
+
+    python benchmarks/split_cifar10_replay.py [--seeds 0 1 2]
+
+Skips (exit 0) when the CIFAR-10 data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+import time
+
+import common  # isort: skip  (sets up larq_cwr before TensorFlow)
+import numpy as np
+
+from larq_cwr.experiment import TrainingConfig, Variant, run_stream, train_joint, versions
+from larq_cwr.reporting import format_table, write_json
+from larq_cwr.scenarios import make_scenario
+
+MARKER = "<!-- split_cifar10_replay table -->"
+END = "<!-- end split_cifar10_replay table -->"
+BACKBONE = "bnn32_norm"
+HEAD_ONLY = "cwr_8_16"
+JOINT_TARGET = 0.85  # issue 9: CWR* + 1-bit replay at >= 85% of joint
+FLOAT_GAP_TARGET = 0.01  # ... and within 1 pp of float32 replay (same patterns)
+
+
+def variants(size: int, backward_bits: tuple[int, ...]) -> tuple[Variant, ...]:
+    same_bytes = 32 * size  # 1 bit per value instead of 32
+    trained = tuple(
+        Variant.cwr(
+            8,
+            16,
+            replay="1bit",
+            replay_size=same_bytes,
+            train_blocks=True,
+            backward_bits=bits,
+        )
+        for bits in backward_bits
+    )
+    return (
+        Variant.cwr(8, 16),
+        Variant.cwr(8, 16, replay="float32", replay_size=size),
+        Variant.cwr(8, 16, replay="1bit", replay_size=size),
+        Variant.cwr(8, 16, replay="1bit", replay_size=same_bytes),
+        Variant.finetune(8, 16, replay="1bit", replay_size=same_bytes),
+        *trained,
+    )
+
+
+def run_seed(data, seed: int, args) -> dict:
+    stream = common.make_stream(
+        data,
+        "nc",
+        seed,
+        first_epochs=args.first_epochs,
+        epochs=args.epochs,
+        backbone=BACKBONE,
+        trainable_blocks=args.trainable_blocks,
+        learning_rate=args.learning_rate,
+        block_learning_rate=args.block_learning_rate,
+    )
+    record = {
+        "seed": seed,
+        "class_order": list(stream.scenario.class_order),
+        "first_experience_seconds": stream.first_seconds,
+        "latent_shape": list(stream.test.train[0].shape[1:]),
+        "variants": {},
+    }
+    for variant in variants(args.replay_size, tuple(args.backward_bits)):
+        result = run_stream(
+            stream.test, variant, first_weights=stream.first_weights, config=stream.config
+        )
+        summary = result.summary()
+        record["variants"][variant.name] = {
+            "final_accuracy": summary["final_accuracy"],
+            "accuracy_all": summary["accuracy_all"],
+            "fit_seconds": float(np.sum(summary["fit_seconds"])),
+            "replay_memory": summary["replay_memory"],
+        }
+        logging.info(
+            "seed %d %s: final %.4f, %.0f s",
+            seed,
+            variant.name,
+            summary["final_accuracy"],
+            record["variants"][variant.name]["fit_seconds"],
+        )
+    return record
+
+
+def joint_seed(data, seed: int, args) -> dict:
+    """Joint upper bound of the same backbone and first-experience budget."""
+    config = TrainingConfig(seed=seed, first_epochs=args.joint_epochs, backbone=BACKBONE)
+    full = make_scenario(
+        "ni",
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        n_experiences=1,
+        seed=seed,
+    )
+    scenario, _, _ = common.split_validation(full, seed)
+    accuracy, seconds = train_joint(scenario, config)
+    return {"seed": seed, "final_accuracy": accuracy, "fit_seconds": seconds}
+
+
+def table(records: list[dict], joints: list[dict]) -> tuple[str, dict]:
+    names = list(records[0]["variants"])
+    summary, rows = {}, []
+    for name in names:
+        finals = [r["variants"][name]["final_accuracy"] for r in records]
+        of_joint = [f / j["final_accuracy"] for f, j in zip(finals, joints)]
+        ratio = [
+            r["variants"][name]["fit_seconds"] / r["variants"][HEAD_ONLY]["fit_seconds"]
+            for r in records
+        ]
+        memory = records[0]["variants"][name]["replay_memory"]
+        summary[name] = {
+            "final": common.stats(finals),
+            "of_joint": common.stats(of_joint),
+            "fit_time_ratio": common.stats(ratio),
+            "replay_memory": memory,
+        }
+        rows.append(
+            [
+                name,
+                *[f"{100 * f:.1f}" for f in finals],
+                common.percent(summary[name]["final"]),
+                f"{100 * np.mean(of_joint):.0f}%",
+                f"{memory['pattern_bytes']:,}" if memory else "-",
+                f"{np.mean(ratio):.2f}x",
+            ]
+        )
+    joint = common.stats([j["final_accuracy"] for j in joints])
+    summary["joint"] = joint
+    rows.append(
+        [
+            "joint (upper bound)",
+            *[f"{100 * j['final_accuracy']:.1f}" for j in joints],
+            common.percent(joint),
+            "100%",
+            "-",
+            "-",
+        ]
+    )
+    headers = [
+        "variant",
+        *[f"seed {r['seed']}" for r in records],
+        "mean ± std",
+        "of joint",
+        "replay bytes",
+        "fit time vs head-only",
+    ]
+    return format_table(headers, rows), summary
+
+
+def write_doc(path: pathlib.Path, text: str) -> None:
+    """Replace the block between MARKER and END in `path` (appended if absent)."""
+    doc = path.read_text() if path.exists() else "# Latent replay\n"
+    if MARKER not in doc:
+        doc = doc.rstrip("\n") + f"\n\n{MARKER}\n{END}\n"
+    head, _, rest = doc.partition(MARKER)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{MARKER}\n{text}\n{END}{tail}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=pathlib.Path, default=common.DEFAULT_CIFAR10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--first-epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--joint-epochs", type=int, default=2)
+    parser.add_argument("--trainable-blocks", type=int, default=2)
+    parser.add_argument("--replay-size", type=int, default=300)
+    parser.add_argument("--learning-rate", type=float, default=0.04)
+    parser.add_argument("--block-learning-rate", type=float, default=0.009)
+    parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
+    parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
+    parser.add_argument("--doc", type=pathlib.Path, default=common.DOCS / "replay.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not args.data.exists():
+        print(f"split_cifar10_replay: skipped, no CIFAR-10 data at {args.data}")
+        return 0
+    start = time.perf_counter()
+    data = common.load_cifar(args.data)
+    args.results.mkdir(parents=True, exist_ok=True)
+    settings = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("data", "seeds", "results", "doc")
+    } | {"data": args.data.name, "script": common.file_hash(__file__)}
+    records, joints = [], []
+    for seed in args.seeds:
+        records.append(
+            common.cached(
+                args.results / f"split_cifar10_replay_seed{seed}.json",
+                settings,
+                lambda seed=seed: run_seed(data, seed, args),
+            )
+        )
+        joints.append(
+            common.cached(
+                args.results / f"split_cifar10_replay_joint_seed{seed}.json",
+                settings,
+                lambda seed=seed: joint_seed(data, seed, args),
+            )
+        )
+    text, summary = table(records, joints)
+    meta = {
+        "code": common.code_hash(),
+        "versions": versions(),
+        "machine": f"{os.cpu_count()} CPU cores",
+        "seconds": time.perf_counter() - start,
+    }
+    size = args.replay_size
+    one_bit = summary.get(f"cwr_8_16_replay-1bit-{size}", {}).get("final")
+    float32 = summary.get(f"cwr_8_16_replay-float32-{size}", {}).get("final")
+    best = max(
+        (s["of_joint"]["mean"], name)
+        for name, s in summary.items()
+        if name != "joint" and "1bit" in name
+    )
+    lines = [
+        f"Written by `benchmarks/split_cifar10_replay.py` from the code with source hash "
+        f"`{meta['code']}`. CIFAR-10 (JPEG copy), NC 5x2, seeds {args.seeds}; "
+        f"`{BACKBONE}` trained on the first experience ({args.first_epochs} epochs, "
+        f"Adam); latent layer at the input of the last {args.trainable_blocks} binary "
+        f"blocks (latent shape {records[0]['latent_shape']}); later experiences "
+        f"{args.epochs} epochs, SGD lr {args.learning_rate} (trained blocks "
+        f"{args.block_learning_rate}), batch 50 new + 128 replayed. Names: "
+        "`replay-<storage>-<patterns>`, `blocks` trains the blocks above the latent "
+        "layer, `qb<bits>` their gradient bits. Joint: the whole network on all "
+        f"training data, {args.joint_epochs} epochs.",
+        "",
+        text,
+        "",
+        f"- best 1-bit variant: `{best[1]}` at {100 * best[0]:.0f}% of joint (target "
+        f">= {100 * JOINT_TARGET:.0f}%): {'met' if best[0] >= JOINT_TARGET else 'NOT met'}",
+    ]
+    if one_bit and float32:
+        gap = one_bit["mean"] - float32["mean"]
+        lines.append(
+            f"- 1-bit vs float32 replay at the same {size} patterns: {100 * gap:+.2f} pp "
+            f"(target within {100 * FLOAT_GAP_TARGET:.0f} pp): "
+            f"{'met' if abs(gap) <= FLOAT_GAP_TARGET or gap > 0 else 'NOT met'}"
+        )
+    lines += ["", f"Versions: {meta['versions']}. Machine: {meta['machine']}."]
+    body = "\n".join(lines)
+    write_json(
+        {
+            "settings": settings,
+            "seeds": args.seeds,
+            "summary": summary,
+            "records": records,
+            "joint": joints,
+            **meta,
+        },
+        args.results / "split_cifar10_replay.json",
+    )
+    write_doc(args.doc, body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
