@@ -8,11 +8,17 @@ class-incremental experiences and writes ``report.json``, plots and the model to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
+import re
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+
+from larq_cwr._compat import _STARTUP_NOISE as STARTUP_NOISE
 
 __all__ = ["main"]
 
@@ -448,6 +454,49 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+# TensorFlow's C++ INFO and WARNING lines (converter, SavedModel loader, absl): glog's
+# "2026-01-01 12:00:00.000000: I path] ..." and absl's "I0000 00:00:... path] ...".
+TF_CPP_INFO = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] |[IW]\d{4} )|" + STARTUP_NOISE.pattern
+)
+
+
+@contextlib.contextmanager
+def filtered_stderr(pattern: re.Pattern[str]) -> Iterator[None]:
+    """Drop the lines matching ``pattern`` from everything written to file descriptor 2
+    (C++ code included) inside the block; other lines pass through as they come.
+
+    The ``larq-cwr`` command's own: TensorFlow's C++ info logs (the TFLite converter's,
+    for one) are noise on its terminal; a library user's stderr is never filtered.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no usable descriptor 2
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                text = line.decode("utf-8", "replace")
+                if not pattern.search(text):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
+        thread.join(timeout=5)
+        os.close(saved)
+
+
 def _quiet_tensorflow() -> None:
     """No TensorFlow chatter on the terminal: C++ logs below errors, absl and TF's
     Python loggers at errors (the start-up noise is filtered at import, see
@@ -460,6 +509,13 @@ def _quiet_tensorflow() -> None:
 
     absl.logging.set_verbosity(absl.logging.ERROR)
     tf.get_logger().setLevel(logging.ERROR)
+    # TensorFlow's notice that tf.lite.Interpreter moves to LiteRT (we use it on purpose).
+    warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"larq-cwr: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show  # one line a user can act on, no source location
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -467,12 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        command = {"run": _run, "pretrain": _pretrain, "export": _export, "report": _report}
-        return command[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"larq-cwr: error: {error}", file=sys.stderr)
-        return 2
+    command = {"run": _run, "pretrain": _pretrain, "export": _export, "report": _report}
+    with filtered_stderr(TF_CPP_INFO):
+        try:
+            return command[args.command](args)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"larq-cwr: error: {error}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
