@@ -338,6 +338,9 @@ def build_model(
         replay=memory,
         replay_batch_size=config.replay_batch_size,
         block_learning_rate=config.block_learning_rate,
+        # Replayed batches carry confidently wrong old-class predictions that
+        # experience 0's gradient statistics never saw: quantize on the exact bound.
+        gradient_range_mode="bound" if memory is not None else "calibrated",
         name=f"{config.backbone}_{variant.name}",
     )
 

@@ -96,6 +96,7 @@ class _DeviceHead(tf.Module):
         self.forward_bits = model.forward_bits
         self.update_bits = model.update_bits
         self.grid = model.grid
+        self.gradient_range_mode = model.gradient_range_mode
         self.stochastic = model.rounding == "stochastic" and model.update_bits is not None
         initial = model_state(model)
         self.variables_by_name = {
@@ -167,7 +168,11 @@ class _DeviceHead(tf.Module):
             update_bits=self.update_bits,
             grid=self.grid,
             feature_range=self._var("feature_range"),
-            gradient_range=self._var("gradient_range"),
+            gradient_range=(
+                "bound"
+                if self.gradient_range_mode == "bound"
+                else self._var("gradient_range")
+            ),
             update_noise=noise,
         )
         self._var("kernel").assign(result.kernel)
@@ -604,6 +609,7 @@ def export_for_device(
             "seed": int(model.seed or 0),
             "feature_range": [float(v) for v in model.feature_range],
             "gradient_range": [float(v) for v in model.gradient_range],
+            "gradient_range_mode": model.gradient_range_mode,
             **_learning_settings(report),
         },
         "backbone": {

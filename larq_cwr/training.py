@@ -64,7 +64,11 @@ _OWN_ARGUMENTS = (
     "latent_layer",
     "replay_batch_size",
     "block_learning_rate",
+    "gradient_range_mode",
 )
+# How the hybrid step bounds the logit gradient: the static range calibrated on
+# experience 0 (METHOD §4), or its exact bound +-1/batch (see `hybrid_sgd_step`).
+GRADIENT_RANGE_MODES = ("calibrated", "bound")
 _CROSSENTROPY_LOSSES = (
     tf.keras.losses.SparseCategoricalCrossentropy,
     tf.keras.losses.CategoricalCrossentropy,
@@ -105,7 +109,7 @@ def hybrid_sgd_step(
     update_bits: int | None = DEFAULT_UPDATE_BITS,
     grid: str = DEFAULT_GRID,
     feature_range: tf.Tensor | None = None,
-    gradient_range: tf.Tensor | None = None,
+    gradient_range: tf.Tensor | str | None = None,
     sample_weight: tf.Tensor | None = None,
     update_noise: tf.Tensor | None = None,
     gradient_noise: tf.Tensor | None = None,
@@ -133,7 +137,11 @@ def hybrid_sgd_step(
         update_bits: ``b_w``, or None for float stored weights.
         grid: ``"zero_exact"`` or ``"paper"`` (``larq_cwr.quantizers``).
         feature_range: Static ``(min, max)`` of the features, or None for the batch's.
-        gradient_range: Static ``(min, max)`` of the logit gradient, or None for its own.
+        gradient_range: Static ``(min, max)`` of the logit gradient, None for its own,
+            or ``"bound"`` for ``+-max|w| / batch``, the range ``w * (p - onehot) /
+            batch`` can reach: nothing clips, whatever the batch's make-up (replayed
+            batches hold confidently wrong old-class predictions that experience 0's
+            statistics never saw).
         sample_weight: Optional per-sample weights ``(batch,)``.
         update_noise: None (round half to even) or uniform ``[0, 1)`` noise shaped like
             ``kernel`` for stochastic rounding of the stored update.
@@ -168,7 +176,12 @@ def hybrid_sgd_step(
     if sample_weight is not None:
         weight = tf.reshape(tf.cast(sample_weight, difference.dtype), [-1, 1])
         difference = difference * weight
-    gradient = difference / tf.cast(tf.shape(difference)[0], difference.dtype)
+    batch = tf.cast(tf.shape(difference)[0], difference.dtype)
+    gradient = difference / batch
+    if isinstance(gradient_range, str):
+        check_choice(gradient_range, ("bound",), "gradient_range")
+        scale = 1.0 if sample_weight is None else tf.reduce_max(tf.abs(weight))
+        gradient_range = tf.stack([-scale / batch, scale / batch])
     g_q = forward(gradient, *static_or_own(gradient, gradient_range), gradient_noise)
     updated = kernel - tf.cast(learning_rate, kernel.dtype) * tf.matmul(
         x_q, g_q, transpose_a=True
@@ -240,6 +253,12 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         replay_batch_size: Replayed latents appended to each batch.
         block_learning_rate: SGD learning rate of the trainable blocks (None: the
             optimizer's, as the head's).
+        gradient_range_mode: ``"calibrated"`` (default): the logit gradient is
+            quantized on the static range ``calibrate`` fixes from experience-0 data
+            (METHOD §4); ``"bound"``: on ``+-1/batch``, the range it can reach (METHOD
+            §4 measured both alike for head-only CWR*; with latent replay the
+            calibrated range clips the gradients of replayed batches, see
+            ``docs/replay.md``).
         **kwargs: Other ``tf.keras.Model`` arguments (``name``).
 
     Raises:
@@ -275,6 +294,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         replay: LatentReplayMemory | dict | None = None,
         replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE,
         block_learning_rate: float | None = None,
+        gradient_range_mode: str = "calibrated",
         **kwargs: Any,
     ) -> None:
         check_optional_bits(forward_bits, "forward_bits")
@@ -283,6 +303,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         check_optional_bits(latent_weight_bits, "latent_weight_bits")
         check_choice(grid, GRIDS, "grid")
         check_choice(rounding, ROUNDING_MODES, "rounding")
+        check_choice(gradient_range_mode, GRADIENT_RANGE_MODES, "gradient_range_mode")
         check_positive_int(replay_batch_size, "replay_batch_size")
         if block_learning_rate is not None:
             check_positive_number(block_learning_rate, "block_learning_rate")
@@ -307,6 +328,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.latent_layer = latent_layer
         self.replay_batch_size = int(replay_batch_size)
         self.block_learning_rate = block_learning_rate
+        self.gradient_range_mode = gradient_range_mode
         self.head = self._find_head()
         # The head's input and output in this model's graph (the layer may be shared
         # with other models, e.g. by `upper_model`).
@@ -655,6 +677,12 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             mine.assign(theirs)
         self.train_function = None
 
+    def _step_gradient_range(self, calibrated: bool) -> tf.Variable | str | None:
+        """``hybrid_sgd_step``'s ``gradient_range`` for ``gradient_range_mode``."""
+        if self.gradient_range_mode == "bound":
+            return "bound"
+        return self._gradient_range if calibrated else None
+
     def _own_state(self) -> list[tf.Variable]:
         return [
             self._feature_range,
@@ -706,7 +734,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             update_bits=self.update_bits,
             grid=self.grid,
             feature_range=self._feature_range if calibrated else None,
-            gradient_range=self._gradient_range if calibrated else None,
+            gradient_range=self._step_gradient_range(calibrated),
             sample_weight=sample_weight,
             update_noise=self._rounding_noise(kernel),
             feature_gradient=bool(blocks),

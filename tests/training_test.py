@@ -354,6 +354,7 @@ def test_save_load_round_trip_keeps_predictions_and_state(tmp_path):
         ({"update_bits": 32}, "update_bits"),
         ({"rounding": "up"}, "rounding"),
         ({"grid": "tflite"}, "grid"),
+        ({"gradient_range_mode": "percentile"}, "gradient_range_mode"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -446,3 +447,45 @@ def test_upper_model_on_features_equals_full_model(rounding):
         split.get_layer("backbone").kernel.numpy(),
         first.get_layer("backbone").kernel.numpy(),
     )
+
+
+def test_bound_gradient_range_is_plus_minus_one_over_batch_and_clips_nothing():
+    from larq_cwr.training import hybrid_sgd_step
+
+    rng = np.random.default_rng(0)
+    batch, features, classes = 8, 5, 4
+    x = tf.constant(np.abs(rng.normal(size=(batch, features))) + 0.5, tf.float32)
+    # Old class 0's column large: the new class 3's samples are predicted confidently
+    # as class 0, so p - onehot reaches ~+1 there.
+    kernel = tf.constant(np.c_[np.full((features, 1), 2.0), np.zeros((features, 3))])
+    kernel = tf.cast(kernel, tf.float32)
+    labels = tf.fill([batch], 3)
+    common = dict(labels=labels, learning_rate=0.1, forward_bits=8, update_bits=None)
+    bound = hybrid_sgd_step(kernel, x, gradient_range="bound", **common)
+    explicit = hybrid_sgd_step(
+        kernel, x, gradient_range=tf.constant([-1 / batch, 1 / batch]), **common
+    )
+    np.testing.assert_array_equal(bound.kernel.numpy(), explicit.kernel.numpy())
+    # Experience 0's statistics of a confident model: positive side ~0.1 / batch. It
+    # clips the large positive entries, so the update differs from the float one by far
+    # more than with the bound (independently computed float update below).
+    calibrated = hybrid_sgd_step(
+        kernel, x, gradient_range=tf.constant([-0.9 / batch, 0.1 / batch]), **common
+    )
+    p = tf.nn.softmax(x @ kernel).numpy()
+    difference = p - np.eye(classes)[labels.numpy()]
+    assert difference.max() > 0.5  # a confidently wrong prediction
+    exact = kernel.numpy() - 0.1 * x.numpy().T @ difference / batch
+    error_bound = np.abs(bound.kernel.numpy() - exact).max()
+    error_calibrated = np.abs(calibrated.kernel.numpy() - exact).max()
+    assert error_calibrated > 10 * error_bound, (error_calibrated, error_bound)
+
+
+def test_gradient_range_mode_is_saved_in_the_config():
+    inputs = tf.keras.Input((4,))
+    model = HybridQuantizedTrainStep(
+        inputs, CWRStarHead(3)(inputs), gradient_range_mode="bound"
+    )
+    again = HybridQuantizedTrainStep.from_config(model.get_config())
+    assert again.gradient_range_mode == "bound"
+    assert again.upper_model().gradient_range_mode == "bound"
