@@ -23,6 +23,8 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
+from larq_cwr._checks import check_int
+
 __all__ = [
     "BACKBONE_NAMES",
     "BACKBONE_SPECS",
@@ -244,8 +246,7 @@ def block_input_layer(backbone: tf.keras.Model, blocks: int) -> str:
     binary = [
         layer for layer in backbone.layers if isinstance(layer, lq.layers.QuantConv2D)
     ]
-    if isinstance(blocks, bool) or not isinstance(blocks, int):
-        raise ValueError(f"`blocks` must be an int; got {blocks!r}.")
+    check_int(blocks, "blocks", minimum=0)
     if not 0 <= blocks <= len(binary):
         raise ValueError(
             f"`blocks`={blocks} is out of range; {backbone.name!r} has {len(binary)} "

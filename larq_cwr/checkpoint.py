@@ -25,6 +25,15 @@ __all__ = ["CHECKPOINT_FILE", "FORMAT_VERSION", "RunCheckpoint"]
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.npz"
 _META = "meta"
+# What numpy and json raise for a truncated, corrupt or foreign file.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile)
+
+
+def _corrupt(path: pathlib.Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"Checkpoint {str(path)!r} is truncated, corrupt or not a larq_cwr checkpoint "
+        f"({error})."
+    )
 
 
 class RunCheckpoint:
@@ -69,18 +78,8 @@ class RunCheckpoint:
             with np.load(path, allow_pickle=False) as stored:
                 meta = json.loads(str(stored[_META]))
             return meta["key"]
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            zipfile.BadZipFile,
-        ) as error:
-            raise ValueError(
-                f"Checkpoint {str(path)!r} is truncated, corrupt or not a larq_cwr "
-                f"checkpoint ({error})."
-            ) from error
+        except _UNREADABLE as error:
+            raise _corrupt(path, error) from error
 
     def exists(self) -> bool:
         """True if the file exists."""
@@ -105,18 +104,8 @@ class RunCheckpoint:
                         continue
                     group, _, index = name.rpartition("/")
                     arrays.setdefault(group, []).append((int(index), stored[name]))
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            EOFError,
-            zipfile.BadZipFile,
-        ) as error:
-            raise ValueError(
-                f"Checkpoint {str(self.path)!r} is truncated, corrupt or not a larq_cwr "
-                f"checkpoint ({error})."
-            ) from error
+        except _UNREADABLE as error:
+            raise _corrupt(self.path, error) from error
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"Checkpoint {str(self.path)!r} has format version "

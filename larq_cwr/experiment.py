@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from larq_cwr._checks import (
     check_choice,
+    check_int,
     check_optional_bits,
     check_positive_int,
     check_positive_number,
@@ -235,16 +236,7 @@ class TrainingConfig:
             check_positive_number(getattr(self, name), name)
         if self.block_learning_rate is not None:
             check_positive_number(self.block_learning_rate, "block_learning_rate")
-        if isinstance(self.trainable_blocks, bool) or not isinstance(
-            self.trainable_blocks, int
-        ):
-            raise ValueError(
-                f"`trainable_blocks` must be an int >= 0; got {self.trainable_blocks!r}."
-            )
-        if self.trainable_blocks < 0:
-            raise ValueError(
-                f"`trainable_blocks` must be an int >= 0; got {self.trainable_blocks}."
-            )
+        check_int(self.trainable_blocks, "trainable_blocks", minimum=0)
 
 
 @dataclasses.dataclass

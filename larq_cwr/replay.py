@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from larq_cwr._checks import check_choice
+from larq_cwr._checks import check_choice, check_int
 
 __all__ = [
     "LatentBinarization",
@@ -50,16 +50,6 @@ _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' order: first value 
 _INT8_LEVELS = 255  # int8 grid: 2^8 - 1 steps
 _INT64_MAX = 2**63 - 1
 _Plan = tuple[np.ndarray, np.ndarray, int]  # slots written, source patterns, rng counter
-
-
-def _check_int(value: Any, name: str, low: int, high: int = _INT64_MAX) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an int; expected {low} <= int, got {value!r}.")
-    if not low <= value <= high:
-        raise ValueError(
-            f"`{name}` out of range; expected {low} <= {name} <= {high}, got {value}."
-        )
-    return int(value)
 
 
 def _check_latent_shape(latent_shape: Any) -> tuple[int, ...]:
@@ -133,7 +123,7 @@ def unpack_bits(packed: npt.ArrayLike | tf.Tensor, size: int) -> tf.Tensor:
         ValueError: ``size`` not a positive int, ``packed`` not ``uint8``, a scalar, or
             a last axis other than ``ceil(size / 8)`` bytes.
     """
-    size = _check_int(size, "size", 1)
+    size = check_int(size, "size", minimum=1)
     packed = tf.convert_to_tensor(packed)
     if packed.dtype != tf.uint8:
         raise ValueError(f"`packed` must be uint8; expected tf.uint8, got {packed.dtype}.")
@@ -234,11 +224,11 @@ class LatentReplayMemory(tf.keras.layers.Layer):
         latent_shape: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        size = _check_int(size, "size", 1)
-        num_classes = _check_int(num_classes, "num_classes", 1)
+        size = check_int(size, "size", minimum=1)
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
         check_choice(policy, POLICIES, "policy")
         check_choice(storage, STORAGES, "storage")
-        seed = _check_int(seed, "seed", 0)
+        seed = check_int(seed, "seed", minimum=0, maximum=_INT64_MAX)
         shape = None if latent_shape is None else _check_latent_shape(latent_shape)
         super().__init__(**kwargs)
         self.size, self.num_classes, self.seed = size, num_classes, seed
@@ -479,7 +469,7 @@ class LatentReplayMemory(tf.keras.layers.Layer):
             RuntimeError: The memory is not built or empty (eagerly; in a graph an
                 ``InvalidArgumentError`` when run).
         """
-        n = _check_int(n, "n", 1)
+        n = check_int(n, "n", minimum=1)
         self._require_built("sample()")
         labels = tf.convert_to_tensor(self._labels)
         is_filled = tf.cast(labels >= 0, tf.int64)

@@ -199,6 +199,16 @@ def hybrid_sgd_step(
     return HybridStepResult(updated, logits, probabilities, backward)
 
 
+def _widened(value_range: tf.Tensor, tensor: tf.Tensor) -> tf.Tensor:
+    """``(min, max)`` of ``value_range`` and of ``tensor``'s values together."""
+    return tf.stack(
+        [
+            tf.minimum(value_range[0], tf.reduce_min(tensor)),
+            tf.maximum(value_range[1], tf.reduce_max(tensor)),
+        ]
+    )
+
+
 @tf.keras.utils.register_keras_serializable(package="larq_cwr")
 class HybridQuantizedTrainStep(tf.keras.Model):
     """Functional ``keras.Model`` whose ``train_step`` does the hybrid CWR* update.
@@ -539,18 +549,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         features = self._feature_model(x, training=False)
         difference = logit_difference(tf.nn.softmax(self.head(features)), y)
         ranges = self._pass_ranges
-        ranges.assign(
-            [
-                [
-                    tf.minimum(ranges[0, 0], tf.reduce_min(features)),
-                    tf.maximum(ranges[0, 1], tf.reduce_max(features)),
-                ],
-                [
-                    tf.minimum(ranges[1, 0], tf.reduce_min(difference)),
-                    tf.maximum(ranges[1, 1], tf.reduce_max(difference)),
-                ],
-            ]
-        )
+        ranges.assign([_widened(ranges[0], features), _widened(ranges[1], difference)])
         self._pass_batch.assign(tf.maximum(self._pass_batch, tf.shape(difference)[0]))
         return {}
 
@@ -840,13 +839,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         probabilities = tf.nn.softmax(y_pred) if self._outputs_logits else y_pred
         difference = logit_difference(probabilities, y)
-        current = self._difference_range
-        current.assign(
-            [
-                tf.minimum(current[0], tf.reduce_min(difference)),
-                tf.maximum(current[1], tf.reduce_max(difference)),
-            ]
-        )
+        self._difference_range.assign(_widened(self._difference_range, difference))
         self._largest_batch.assign(tf.maximum(self._largest_batch, tf.shape(difference)[0]))
         return self.compute_metrics(x, y, y_pred, sample_weight)
 

@@ -961,7 +961,7 @@ ROWS: tuple[Row, ...] = (
         "experiment.TrainingConfig",
         "trainable_blocks=-1",
         ValueError,
-        "`trainable_blocks` must be an int >= 0",
+        "`trainable_blocks` is out of range; expected trainable_blocks >= 0, got -1",
         _call(TrainingConfig, trainable_blocks=-1),
     ),
     Row(
