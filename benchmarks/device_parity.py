@@ -167,7 +167,7 @@ def write_doc(record: dict, doc: pathlib.Path, args) -> str:
     table = format_table(
         [
             "Keras side",
-            "max |Keras - device| (16-bit steps)",
+            "largest Keras - device difference (16-bit steps)",
             "relative L2",
             "same class (%)",
             "accuracy Keras / device (%)",
