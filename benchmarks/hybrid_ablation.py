@@ -177,7 +177,8 @@ def write_table(records, doc: pathlib.Path) -> str:
         f"{MARKER}\nSplit-CIFAR-10 (JPEG copy) NC 5x2, `bnn32` frozen after the first "
         f"experience, seeds {seeds}, head learning rate tuned on validation for float "
         f"CWR* (per seed: {tuned}), {EPOCHS} epochs per experience, batch {BATCH}. "
-        "Written by `benchmarks/hybrid_ablation.py`.\n\n" + table + "\n"
+        "Written by `benchmarks/hybrid_ablation.py` from the code with source hash "
+        f"`{common.code_hash()}`.\n\n" + table + "\n"
     )
     current = doc.read_text() if doc.exists() else ""
     doc.write_text((current.split(MARKER)[0] if MARKER in current else current) + text)

@@ -1,0 +1,118 @@
+"""The benchmarks' code-keyed result cache (`benchmarks/common.py`).
+
+A table in `docs/` must come from the code at HEAD: a cached result is reused only
+when the settings and the hash of every `larq_cwr` module the benchmarks run are the
+same. These tests load a copy of `common.py` beside a copy of the package, so they can
+edit sources without touching the checkout.
+"""
+
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = ROOT / "benchmarks" / "common.py"
+
+
+def _load_common(root: pathlib.Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def copied(tmp_path_factory):
+    """A copy of `benchmarks/common.py` and `larq_cwr/` and the module loaded from it."""
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "benchmarks").mkdir()
+    shutil.copy(COMMON, root / "benchmarks" / "common.py")
+    shutil.copytree(
+        ROOT / "larq_cwr", root / "larq_cwr", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return root, _load_common(root, "common_copy")
+
+
+def _hash(common) -> str:
+    common.code_hash.cache_clear()  # computed once per process in a benchmark
+    return common.code_hash()
+
+
+def _edit(path: pathlib.Path, text: str) -> str:
+    original = path.read_text()
+    path.write_text(original + text)
+    return original
+
+
+def test_hash_changes_with_a_module_the_benchmarks_run(copied):
+    root, common = copied
+    before = _hash(common)
+    assert before == _hash(_load_common(ROOT, "common_checkout"))  # paths are relative
+    # head.py is reached only through other modules (training, experiment).
+    original = _edit(root / "larq_cwr" / "head.py", "\n# an edit\n")
+    try:
+        assert _hash(common) != before
+    finally:
+        (root / "larq_cwr" / "head.py").write_text(original)
+    assert _hash(common) == before
+
+
+def test_hash_ignores_modules_no_benchmark_runs(copied):
+    root, common = copied
+    before = _hash(common)
+    original = _edit(root / "larq_cwr" / "cli.py", "\n# an edit\n")
+    try:
+        assert _hash(common) == before
+    finally:
+        (root / "larq_cwr" / "cli.py").write_text(original)
+
+
+def test_every_module_loaded_by_the_benchmarks_is_hashed():
+    """Independent of the AST walk: the modules Python actually loads when a benchmark
+    imports `common` and the experiment runner are all in the hashed set."""
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "import common, larq_cwr.experiment;"
+        "print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())"
+        " if (n == 'larq_cwr' or n.startswith('larq_cwr.'))"
+        " and getattr(m, '__file__', None))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "benchmarks")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    loaded = {pathlib.Path(p).resolve() for p in json.loads(out.splitlines()[-1])}
+    common = _load_common(ROOT, "common_checkout")
+    hashed = {p.resolve() for p in common._reachable_sources(COMMON)}
+    assert loaded, "no larq_cwr module was loaded"
+    assert loaded <= hashed, sorted(str(p) for p in loaded - hashed)
+
+
+def test_cached_reuses_only_same_code_and_settings(copied, tmp_path, monkeypatch):
+    _, common = copied
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    path = tmp_path / "result.json"
+    monkeypatch.setattr(common, "code_hash", lambda: "aaaa")
+    assert common.cached(path, {"epochs": 5}, compute) == {"value": 1}
+    assert common.cached(path, {"epochs": 5}, compute) == {"value": 1}  # reused
+    assert len(calls) == 1
+    assert common.cached(path, {"epochs": 6}, compute) == {"value": 2}  # settings
+    monkeypatch.setattr(common, "code_hash", lambda: "bbbb")
+    assert common.cached(path, {"epochs": 6}, compute) == {"value": 3}  # code
+    stored = json.loads(path.read_text())
+    assert stored["settings"] == {"epochs": 6, "code": "bbbb"}
+    assert stored["result"] == {"value": 3}
