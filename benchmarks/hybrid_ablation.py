@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     data = common.load_cifar(args.data)
     settings = {
-        "lrs": LEARNING_RATES,
+        "lrs": list(LEARNING_RATES),  # as JSON stores it, or the cache never matches
         "epochs": EPOCHS,
         "first_epochs": FIRST_EPOCHS,
         "script": common.file_hash(__file__),
