@@ -36,6 +36,7 @@ import time
 
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
+from docblock import replace_block
 
 from larq_cwr.experiment import Variant, run_stream, train_joint, versions
 from larq_cwr.reporting import format_table, write_json
@@ -166,16 +167,6 @@ def table(records: list[dict]) -> tuple[str, dict]:
     return format_table(headers, rows), summary
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-    """Replace the block between MARKER and END in `path` (appended if absent)."""
-    doc = path.read_text() if path.exists() else "# Latent replay\n"
-    if MARKER not in doc:
-        doc = doc.rstrip("\n") + f"\n\n{MARKER}\n{END}\n"
-    head, _, rest = doc.partition(MARKER)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{MARKER}\n{text}\n{END}{tail}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, default=common.DEFAULT_CIFAR10)
@@ -262,7 +253,7 @@ def main(argv=None) -> int:
         },
         args.results / "split_cifar10_replay.json",
     )
-    write_doc(args.doc, body)
+    replace_block(args.doc, body, marker=MARKER, end=END, new_file="# Latent replay\n")
     print(body)
     return 0
 

@@ -1,14 +1,14 @@
 """Hybrid 8/16 vs float train-step time on Split-CIFAR-10 NC, with long timing windows.
 
 `split_cifar10.py` times 20 whole steps (backbone + head) per repeat, about 1 s. On
-this shared machine such windows come out in steps of about 64 ms per train step
-(whole multiples of the CPU quota period), so a ratio of two of them moves by 0.3 from
-seed to seed. This script times the same two steps as `split_cifar10.time_head_steps`
-(the head update on features, and the frozen backbone + head as the device runs it) on
-the same cached first-experience networks, with `--batches` head steps and a tenth of
-that many whole steps per window (100 whole steps, about 6 s, by default),
-interleaved, median over `--repeats` repeats. The learning rate does not change the
-work of a step; it is METHOD's reference 0.0025.
+this shared machine those samples cluster at 63.5 and 127.6 ms per step whatever the
+variant (it looks like CPU-quota throttling), so a ratio of two of them moves by up to
+0.3 from seed to seed. This script times the same two steps as
+`split_cifar10.time_head_steps` (the head update on features, and the frozen backbone +
+head as the device runs it) on the same cached first-experience networks, with
+`--batches` head steps and a tenth of that many whole steps per window (100 whole
+steps, about 5 s, by default), interleaved, median over `--repeats` repeats. The
+learning rate does not change the work of a step; it is METHOD's reference 0.0025.
 
 Results: `benchmarks/results/step_time*.json` (code-keyed, `common.cached`) and the
 table in `docs/quantization.md`.
@@ -28,6 +28,7 @@ import sys
 
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
+from docblock import replace_block
 from split_cifar10 import REFERENCE_LEARNING_RATE, STEP_TIME_TARGETS, time_head_steps
 
 from larq_cwr.experiment import versions
@@ -91,19 +92,6 @@ def table(records: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-    """Replace the block between MARKER and END in `path`; a new block goes before
-    `hybrid_ablation.py`'s table, which owns the rest of the file."""
-    doc = path.read_text() if path.exists() else ""
-    if MARKER not in doc:
-        ablation = "<!-- hybrid_ablation table -->"
-        block = f"{MARKER}\n{END}\n\n"
-        doc = doc.replace(ablation, block + ablation) if ablation in doc else doc + block
-    head, _, rest = doc.partition(MARKER)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{MARKER}\n{text}\n{END}{tail}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=pathlib.Path, default=common.DEFAULT_CIFAR10)
@@ -144,7 +132,9 @@ def main(argv=None) -> int:
         {"records": records, "versions": versions(), "code": common.code_hash()},
         common.RESULTS / "step_time.json",
     )
-    write_doc(args.doc, text)
+    replace_block(
+        args.doc, text, marker=MARKER, end=END, before="<!-- hybrid_ablation table -->"
+    )
     print(text)
     return 0
 
