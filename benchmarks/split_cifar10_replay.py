@@ -14,10 +14,13 @@ later experiences from that same network (SGD, batch 50 new + 128 replayed):
 - joint training of the whole network on all the stream's training parts (upper
   bound).
 
-Reported per seed: final accuracy, its fraction of joint, replay pattern bytes, and the
-later experiences' fit time relative to head-only CWR* (the same number of steps, so
-the step-time ratio). Results: `benchmarks/results/split_cifar10_replay*.json`
-(code-keyed, `common.cached`) and the table in `docs/replay.md`.
+Each variant and the joint bound of a seed are cached on their own in the user cache
+(`~/.cache/larq_cwr/benchmarks/split_cifar10_replay/`, same code and settings only), so
+an interrupted run resumes where it stopped. Reported per seed: final accuracy, its
+fraction of joint, replay pattern bytes, and the later experiences' fit time relative
+to head-only CWR* (the same number of steps, so the step-time ratio). Results:
+`benchmarks/results/split_cifar10_replay*.json` (code-keyed, `common.cached`) and the
+table in `docs/replay.md`.
 
     python benchmarks/split_cifar10_replay.py [--seeds 0 1 2]
 
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import inspect
 import logging
 import os
 import pathlib
@@ -38,6 +43,7 @@ import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 from docblock import replace_block
 
+from larq_cwr.datasets import default_cache_dir
 from larq_cwr.experiment import Variant, run_stream, train_joint, versions
 from larq_cwr.reporting import format_table, write_json
 
@@ -47,6 +53,7 @@ BACKBONE = "bnn32_norm"
 HEAD_ONLY = "cwr_8_16"
 JOINT_TARGET = 0.85  # issue 9: CWR* + 1-bit replay at >= 85% of joint
 FLOAT_GAP_TARGET = 0.01  # ... and within 1 pp of float32 replay (same patterns)
+PARTS = default_cache_dir() / "benchmarks" / "split_cifar10_replay"
 
 
 def variants(size: int, backward_bits: tuple[int, ...]) -> tuple[Variant, ...]:
@@ -67,12 +74,12 @@ def variants(size: int, backward_bits: tuple[int, ...]) -> tuple[Variant, ...]:
         Variant.cwr(8, 16, replay="float32", replay_size=size),
         Variant.cwr(8, 16, replay="1bit", replay_size=size),
         Variant.cwr(8, 16, replay="1bit", replay_size=same_bytes),
-        Variant.finetune(8, 16, replay="1bit", replay_size=same_bytes),
         *trained,
+        Variant.finetune(8, 16, replay="1bit", replay_size=same_bytes),
     )
 
 
-def run_seed(data, seed: int, args) -> dict:
+def run_seed(data, seed: int, args, settings: dict) -> dict:
     stream = common.make_stream(
         data,
         "nc",
@@ -91,29 +98,62 @@ def run_seed(data, seed: int, args) -> dict:
         "latent_shape": list(stream.test.train[0].shape[1:]),
         "variants": {},
     }
+    # A seed takes more than an hour on 2 cores: each variant and the joint bound are
+    # cached on their own (user cache, same code and settings), so an interrupted run
+    # resumes at the first part it has not finished.
+    # Keyed by the functions that compute a part (not the whole script, whose table
+    # code may change without changing a result).
+    parts = PARTS / f"seed{seed}"
+    part_settings = {k: v for k, v in settings.items() if k != "script"} | {
+        "seed": seed,
+        "part_code": part_code_hash(),
+    }
+    record["joint"] = common.cached(
+        parts / "joint.json",
+        part_settings | {"variant": "joint"},
+        lambda: run_joint(stream, args.joint_epochs),
+    )
     for variant in variants(args.replay_size, tuple(args.backward_bits)):
-        result = run_stream(
-            stream.test, variant, first_weights=stream.first_weights, config=stream.config
+        record["variants"][variant.name] = common.cached(
+            parts / f"{variant.name}.json",
+            part_settings | {"variant": repr(variant)},
+            lambda variant=variant: run_variant(stream, variant),
         )
-        summary = result.summary()
-        record["variants"][variant.name] = {
-            "final_accuracy": summary["final_accuracy"],
-            "accuracy_all": summary["accuracy_all"],
-            "fit_seconds": float(np.sum(summary["fit_seconds"])),
-            "replay_memory": summary["replay_memory"],
-        }
         logging.info(
             "seed %d %s: final %.4f, %.0f s",
             seed,
             variant.name,
-            summary["final_accuracy"],
+            record["variants"][variant.name]["final_accuracy"],
             record["variants"][variant.name]["fit_seconds"],
         )
-    # Joint upper bound: the same backbone trained on all the stream's training parts.
-    joint = dataclasses.replace(stream.config, first_epochs=args.joint_epochs)
-    accuracy, seconds = train_joint(stream.scenario, joint)
-    record["joint"] = {"final_accuracy": accuracy, "fit_seconds": seconds}
     return record
+
+
+def part_code_hash() -> str:
+    """SHA-256 (16 hex digits) of the source of the functions that compute a part."""
+    source = "".join(
+        inspect.getsource(f) for f in (variants, run_seed, run_variant, run_joint)
+    )
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def run_variant(stream, variant) -> dict:
+    summary = run_stream(
+        stream.test, variant, first_weights=stream.first_weights, config=stream.config
+    ).summary()
+    return {
+        "final_accuracy": summary["final_accuracy"],
+        "accuracy_all": summary["accuracy_all"],
+        "fit_seconds": float(np.sum(summary["fit_seconds"])),
+        "replay_memory": summary["replay_memory"],
+    }
+
+
+def run_joint(stream, epochs: int) -> dict:
+    """Joint upper bound: the same backbone trained on all the stream's training parts."""
+    config = dataclasses.replace(stream.config, first_epochs=epochs)
+    accuracy, seconds = train_joint(stream.scenario, config)
+    return {"final_accuracy": accuracy, "fit_seconds": seconds}
 
 
 def table(records: list[dict]) -> tuple[str, dict]:
@@ -198,7 +238,7 @@ def main(argv=None) -> int:
         common.cached(
             args.results / f"split_cifar10_replay_seed{seed}.json",
             settings,
-            lambda seed=seed: run_seed(data, seed, args),
+            lambda seed=seed: run_seed(data, seed, args, settings),
         )
         for seed in args.seeds
     ]
