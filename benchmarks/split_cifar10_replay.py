@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import os
 import pathlib
@@ -156,46 +157,96 @@ def run_joint(stream, epochs: int) -> dict:
     return {"final_accuracy": accuracy, "fit_seconds": seconds}
 
 
-def table(records: list[dict]) -> tuple[str, dict]:
-    joints = [r["joint"] for r in records]
-    names = list(records[0]["variants"])
+def finished_parts(seed: int, settings: dict, args) -> dict:
+    """A seed's record from the parts already computed with the same code and settings
+    (``--finished-only``: nothing is trained; a missing part is left out)."""
+    key = {k: v for k, v in settings.items() if k != "script"} | {
+        "seed": seed,
+        "part_code": part_code_hash(),
+        "code": common.code_hash(),
+    }
+    labels = {"joint": "joint"} | {
+        v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
+    }
+    record = {"seed": seed, "variants": {}, "joint": None}
+    for name, label in labels.items():
+        path = PARTS / f"seed{seed}" / f"{name}.json"
+        if not path.exists():
+            continue
+        stored = json.loads(path.read_text())
+        if stored["settings"] != json.loads(json.dumps(key | {"variant": label})):
+            continue  # written by other code or settings
+        if name == "joint":
+            record["joint"] = stored["result"]
+        else:
+            record["variants"][name] = stored["result"]
+    return record
+
+
+def table(records: list[dict], names: list[str]) -> tuple[str, dict]:
+    """Markdown table and summary of `names` over the seeds' records; a part a seed
+    has not finished shows as "-" and is left out of its row's mean."""
     summary, rows = {}, []
+
+    def have(name):
+        return [r for r in records if name in r["variants"]]
+
     for name in names:
-        finals = [r["variants"][name]["final_accuracy"] for r in records]
-        of_joint = [f / j["final_accuracy"] for f, j in zip(finals, joints)]
+        done = have(name)
+        if not done:
+            continue
+        finals = [r["variants"][name]["final_accuracy"] for r in done]
+        of_joint = [
+            r["variants"][name]["final_accuracy"] / r["joint"]["final_accuracy"]
+            for r in done
+            if r["joint"]
+        ]
         ratio = [
             r["variants"][name]["fit_seconds"] / r["variants"][HEAD_ONLY]["fit_seconds"]
-            for r in records
+            for r in done
+            if HEAD_ONLY in r["variants"]
         ]
-        memory = records[0]["variants"][name]["replay_memory"]
+        memory = done[0]["variants"][name]["replay_memory"]
         summary[name] = {
+            "seeds": [r["seed"] for r in done],
             "final": common.stats(finals),
-            "of_joint": common.stats(of_joint),
-            "fit_time_ratio": common.stats(ratio),
+            "of_joint": common.stats(of_joint) if of_joint else None,
+            "fit_time_ratio": common.stats(ratio) if ratio else None,
             "replay_memory": memory,
         }
         rows.append(
             [
                 name,
-                *[f"{100 * f:.1f}" for f in finals],
+                *[
+                    (
+                        f"{100 * r['variants'][name]['final_accuracy']:.1f}"
+                        if name in r["variants"]
+                        else "-"
+                    )
+                    for r in records
+                ],
                 common.percent(summary[name]["final"]),
-                f"{100 * np.mean(of_joint):.0f}%",
+                f"{100 * np.mean(of_joint):.0f}%" if of_joint else "-",
                 f"{memory['pattern_bytes']:,}" if memory else "-",
-                f"{np.mean(ratio):.2f}x",
+                f"{np.mean(ratio):.2f}x" if ratio else "-",
             ]
         )
-    joint = common.stats([j["final_accuracy"] for j in joints])
-    summary["joint"] = joint
-    rows.append(
-        [
-            "joint (upper bound)",
-            *[f"{100 * j['final_accuracy']:.1f}" for j in joints],
-            common.percent(joint),
-            "100%",
-            "-",
-            "-",
-        ]
-    )
+    joints = [r["joint"]["final_accuracy"] for r in records if r["joint"]]
+    if joints:
+        summary["joint"] = common.stats(joints)
+        rows.append(
+            [
+                "joint (upper bound)",
+                *[
+                    f"{100 * r['joint']['final_accuracy']:.1f}" if r["joint"] else "-"
+                    for r in records
+                ],
+                common.percent(summary["joint"]),
+                "100%",
+                "-",
+                "-",
+            ]
+        )
     headers = [
         "variant",
         *[f"seed {r['seed']}" for r in records],
@@ -221,28 +272,37 @@ def main(argv=None) -> int:
     parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
     parser.add_argument("--doc", type=pathlib.Path, default=common.DOCS / "replay.md")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="tabulate the parts already computed (same code and settings), train none",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.data.exists():
         print(f"split_cifar10_replay: skipped, no CIFAR-10 data at {args.data}")
         return 0
     start = time.perf_counter()
-    data = common.load_cifar(args.data)
+    data = None if args.finished_only else common.load_cifar(args.data)
     args.results.mkdir(parents=True, exist_ok=True)
     settings = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("data", "seeds", "results", "doc")
+        if key not in ("data", "seeds", "results", "doc", "finished_only")
     } | {"data": args.data.name, "script": common.file_hash(__file__)}
-    records = [
-        common.cached(
-            args.results / f"split_cifar10_replay_seed{seed}.json",
-            settings,
-            lambda seed=seed: run_seed(data, seed, args, settings),
-        )
-        for seed in args.seeds
-    ]
-    text, summary = table(records)
+    if args.finished_only:
+        records = [finished_parts(seed, settings, args) for seed in args.seeds]
+    else:
+        records = [
+            common.cached(
+                args.results / f"split_cifar10_replay_seed{seed}.json",
+                settings,
+                lambda seed=seed: run_seed(data, seed, args, settings),
+            )
+            for seed in args.seeds
+        ]
+    names = [v.name for v in variants(args.replay_size, tuple(args.backward_bits))]
+    text, summary = table(records, names)
     meta = {
         "code": common.code_hash(),
         "versions": versions(),
@@ -250,19 +310,32 @@ def main(argv=None) -> int:
         "seconds": time.perf_counter() - start,
     }
     size = args.replay_size
-    one_bit = summary.get(f"cwr_8_16_replay-1bit-{size}", {}).get("final")
-    float32 = summary.get(f"cwr_8_16_replay-float32-{size}", {}).get("final")
+    one_bit, float32 = f"cwr_8_16_replay-1bit-{size}", f"cwr_8_16_replay-float32-{size}"
+    gaps = [  # paired: seeds that finished both
+        r["variants"][one_bit]["final_accuracy"] - r["variants"][float32]["final_accuracy"]
+        for r in records
+        if one_bit in r["variants"] and float32 in r["variants"]
+    ]
     best = max(
-        (s["of_joint"]["mean"], name)
-        for name, s in summary.items()
-        if name != "joint" and "1bit" in name
+        (
+            (entry["of_joint"]["mean"], name)
+            for name, entry in summary.items()
+            if name != "joint" and "1bit" in name and entry["of_joint"]
+        ),
+        default=None,
     )
+    shape = records[0].get("latent_shape")
+    unfinished = {
+        r["seed"]: [n for n in names if n not in r["variants"]]
+        + ([] if r["joint"] else ["joint"])
+        for r in records
+    }
     lines = [
         f"Written by `benchmarks/split_cifar10_replay.py` from the code with source hash "
         f"`{meta['code']}`. CIFAR-10 (JPEG copy), NC 5x2, seeds {args.seeds}; "
         f"`{BACKBONE}` trained on the first experience ({args.first_epochs} epochs, "
         f"Adam); latent layer at the input of the last {args.trainable_blocks} binary "
-        f"blocks (latent shape {records[0]['latent_shape']}); later experiences "
+        f"blocks{f' (latent shape {shape})' if shape else ''}; later experiences "
         f"{args.epochs} epochs, SGD lr {args.learning_rate} (trained blocks "
         f"{args.block_learning_rate}), batch 50 new + 128 replayed. Names: "
         "`replay-<storage>-<patterns>`, `blocks` trains the blocks above the latent "
@@ -271,14 +344,24 @@ def main(argv=None) -> int:
         "",
         text,
         "",
-        f"- best 1-bit variant: `{best[1]}` at {100 * best[0]:.0f}% of joint (target "
-        f">= {100 * JOINT_TARGET:.0f}%): {'met' if best[0] >= JOINT_TARGET else 'NOT met'}",
     ]
-    if one_bit and float32:
-        gap = one_bit["mean"] - float32["mean"]
+    lines += [
+        f"- seed {seed}: not finished, so not in the table: {', '.join(parts)}"
+        for seed, parts in unfinished.items()
+        if parts
+    ]
+    if best:
+        lines.append(
+            f"- best 1-bit variant: `{best[1]}` at {100 * best[0]:.0f}% of joint (target "
+            f">= {100 * JOINT_TARGET:.0f}%): "
+            f"{'met' if best[0] >= JOINT_TARGET else 'NOT met'}"
+        )
+    if gaps:
+        gap = float(np.mean(gaps))
         lines.append(
             f"- 1-bit vs float32 replay at the same {size} patterns: {100 * gap:+.2f} pp "
-            f"(target within {100 * FLOAT_GAP_TARGET:.0f} pp): "
+            f"(per seed {' / '.join(f'{100 * g:+.1f}' for g in gaps)}; target within "
+            f"{100 * FLOAT_GAP_TARGET:.0f} pp): "
             f"{'met' if abs(gap) <= FLOAT_GAP_TARGET or gap > 0 else 'NOT met'}"
         )
     lines += ["", f"Versions: {meta['versions']}. Machine: {meta['machine']}."]
