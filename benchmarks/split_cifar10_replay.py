@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import hashlib
 import inspect
-import json
 import logging
 import os
 import pathlib
@@ -157,13 +156,21 @@ def run_joint(stream, epochs: int) -> dict:
     return {"final_accuracy": accuracy, "fit_seconds": seconds}
 
 
+class _NotFinished(Exception):
+    """Raised instead of computing a part (``--finished-only``)."""
+
+
+def _not_finished():
+    raise _NotFinished
+
+
 def finished_parts(seed: int, settings: dict, args) -> dict:
     """A seed's record from the parts already computed with the same code and settings
-    (``--finished-only``: nothing is trained; a missing part is left out)."""
+    (``--finished-only``: nothing is trained; a missing part is left out). The lookup
+    is `common.cached`'s own, with the keys `run_seed` uses."""
     key = {k: v for k, v in settings.items() if k != "script"} | {
         "seed": seed,
         "part_code": part_code_hash(),
-        "code": common.code_hash(),
     }
     labels = {"joint": "joint"} | {
         v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
@@ -171,15 +178,14 @@ def finished_parts(seed: int, settings: dict, args) -> dict:
     record = {"seed": seed, "variants": {}, "joint": None}
     for name, label in labels.items():
         path = PARTS / f"seed{seed}" / f"{name}.json"
-        if not path.exists():
+        try:
+            result = common.cached(path, key | {"variant": label}, _not_finished)
+        except _NotFinished:  # absent, or written by other code or settings
             continue
-        stored = json.loads(path.read_text())
-        if stored["settings"] != json.loads(json.dumps(key | {"variant": label})):
-            continue  # written by other code or settings
         if name == "joint":
-            record["joint"] = stored["result"]
+            record["joint"] = result
         else:
-            record["variants"][name] = stored["result"]
+            record["variants"][name] = result
     return record
 
 
