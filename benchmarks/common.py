@@ -15,8 +15,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ from larq_cwr.experiment import (
     extract_features,
     load_architecture_weights,
     train_first_experience,
+    versions,
 )
 from larq_cwr.reporting import write_json
 from larq_cwr.scenarios import make_scenario
@@ -130,6 +133,33 @@ def cached(path: pathlib.Path, settings: dict[str, Any], compute: Callable[[], A
     result = compute()
     write_json({"settings": key, "result": result}, path)
     return result
+
+
+def seed_records(
+    run: Callable[[int], Any],
+    seeds: list[int],
+    *,
+    results: pathlib.Path,
+    name: str,
+    settings: dict[str, Any],
+) -> list[Any]:
+    """`run(seed)` for each seed, cached in `results/<name>_seed<seed>.json`."""
+    results.mkdir(parents=True, exist_ok=True)
+    return [
+        cached(results / f"{name}_seed{seed}.json", settings, lambda seed=seed: run(seed))
+        for seed in seeds
+    ]
+
+
+def run_meta(start: float) -> dict[str, Any]:
+    """What a results file says about the run: code hash, versions, machine, seconds
+    since `start` (a `time.perf_counter()` value)."""
+    return {
+        "code": code_hash(),
+        "versions": versions(),
+        "machine": f"{os.cpu_count()} CPU cores",
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

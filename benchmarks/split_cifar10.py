@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -45,7 +44,6 @@ from larq_cwr.experiment import (
     load_architecture_weights,
     run_stream,
     train_joint,
-    versions,
 )
 from larq_cwr.reporting import format_table, write_json
 from larq_cwr.scenarios import make_scenario
@@ -433,12 +431,7 @@ def main(argv=None):
         )
     tables = {key: aggregate(records, joints, key) for key in TITLES}
     timing = [r["step_time"] for r in records if "step_time" in r]
-    meta = {
-        "versions": versions(),
-        "code": common.code_hash(),
-        "seconds": time.perf_counter() - start,
-        "machine": f"{os.cpu_count()} CPU cores",
-    }
+    meta = common.run_meta(start)
     write_json(
         {
             "settings": {

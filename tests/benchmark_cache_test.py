@@ -165,3 +165,24 @@ def test_cached_reuses_a_result_whose_settings_hold_tuples(copied, tmp_path, mon
     for _ in range(2):
         common.cached(path, settings, lambda: calls.append(1) or len(calls))
     assert len(calls) == 1
+
+
+def test_seed_records_caches_one_file_per_seed(copied, tmp_path, monkeypatch):
+    _, common = copied
+    monkeypatch.setattr(common, "code_hash", lambda: "aaaa")
+    calls = []
+
+    def run(seed):
+        calls.append(seed)
+        return {"seed": seed, "value": 10 * seed}
+
+    for _ in range(2):
+        records = common.seed_records(
+            run, [3, 1], results=tmp_path / "r", name="bench", settings={"k": 1}
+        )
+        assert records == [{"seed": 3, "value": 30}, {"seed": 1, "value": 10}]
+    assert calls == [3, 1]  # the second pass reads both files
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "bench_seed1.json",
+        "bench_seed3.json",
+    ]
