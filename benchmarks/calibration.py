@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -51,7 +50,6 @@ from larq_cwr.experiment import (
     extract_features,
     run_stream,
     train_first_experience,
-    versions,
 )
 from larq_cwr.reporting import format_table, write_json
 from larq_cwr.scenarios import make_scenario
@@ -180,26 +178,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     start = time.perf_counter()
-    args.results.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "variants": [[name, repr(v), changes] for name, v, changes in VARIANTS],
-        "script": common.file_hash(__file__),
-    }
-    records = [
-        common.cached(
-            args.results / f"calibration_seed{seed}.json",
-            settings,
-            lambda seed=seed: run_seed(seed),
-        )
-        for seed in args.seeds
-    ]
+    records = common.seed_records(
+        run_seed,
+        args.seeds,
+        results=args.results,
+        name="calibration",
+        settings={"variants": [[n, repr(v), c] for n, v, c in VARIANTS]},
+    )
     text, summary = table(records)
-    meta = {
-        "code": common.code_hash(),
-        "versions": versions(),
-        "machine": f"{os.cpu_count()} CPU cores",
-        "seconds": time.perf_counter() - start,
-    }
+    meta = common.run_meta(start)
     body = "\n".join(
         [
             f"Written by `benchmarks/calibration.py` from the code with source hash "

@@ -1,10 +1,10 @@
 """Shared benchmark plumbing: code-keyed caches and Split-CIFAR-10 streams.
 
 Every cached result (a per-seed JSON record, a first-experience network) is keyed by
-`code_hash()`, a hash of this module and of every `larq_cwr` module it imports (at any
-depth), beside the run's settings, which name the script and its own hash
-(`file_hash`): a table in `docs/` is always computed by the code at HEAD, never read
-from a cache written by older code.
+`code_hash()`, a hash of this module, of the running benchmark script and of every
+`larq_cwr` module they import (at any depth), beside the run's settings: a table in
+`docs/` is always computed by the code at HEAD, never read from a cache written by
+older code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import pathlib
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +34,7 @@ from larq_cwr.experiment import (
     extract_features,
     load_architecture_weights,
     train_first_experience,
+    versions,
 )
 from larq_cwr.reporting import write_json
 from larq_cwr.scenarios import make_scenario
@@ -46,23 +50,44 @@ logger = logging.getLogger("benchmarks")
 
 
 @functools.lru_cache(maxsize=None)
-def code_hash() -> str:
-    """SHA-256 (16 hex digits) of the code a benchmark runs: this module and every
-    `larq_cwr` module it reaches through import statements (at any depth, function-level
-    imports included). Modules no benchmark reaches (the CLI, the device export) can
-    change without invalidating the results."""
+def code_hash(script: str | pathlib.Path | None = None) -> str:
+    """SHA-256 (16 hex digits) of the code a benchmark runs: this module, the benchmark
+    script, and every `larq_cwr` module either reaches through import statements (at
+    any depth, function-level imports included; sibling benchmark modules a script
+    imports are followed and hashed too). Modules no benchmark reaches (the CLI) can
+    change without invalidating the results.
+
+    Arguments:
+        script: The benchmark script (default: the running program, when it is a file
+            in `benchmarks/`).
+
+    Returns:
+        The hash, the same on every machine for the same sources.
+    """
+    script = _running_script() if script is None else pathlib.Path(script)
+    starts = [pathlib.Path(__file__)] + ([script] if script is not None else [])
     digest = hashlib.sha256()
-    for path in [*_reachable_sources(pathlib.Path(__file__)), pathlib.Path(__file__)]:
+    for path in sorted({*_reachable_sources(*starts), *starts}):
         digest.update(str(path.resolve().relative_to(ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _reachable_sources(start: pathlib.Path) -> list[pathlib.Path]:
-    """`larq_cwr` source files reachable from `start` through import statements."""
-    package = ROOT / "larq_cwr"
+def _running_script() -> pathlib.Path | None:
+    """The running program's file if it is a benchmark script beside this module."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    here = pathlib.Path(__file__).resolve().parent
+    if path is None or pathlib.Path(path).resolve().parent != here:
+        return None
+    return pathlib.Path(path).resolve()
+
+
+def _reachable_sources(*starts: pathlib.Path) -> list[pathlib.Path]:
+    """`larq_cwr` sources, and benchmark modules beside this one, reachable from
+    `starts` through import statements."""
+    package, benchmarks = ROOT / "larq_cwr", ROOT / "benchmarks"
     found: set[pathlib.Path] = set()
-    pending = [start]
+    pending = [pathlib.Path(s).resolve() for s in starts]
     while pending:
         tree = ast.parse(pending.pop().read_text())
         for node in ast.walk(tree):
@@ -72,14 +97,18 @@ def _reachable_sources(start: pathlib.Path) -> list[pathlib.Path]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                if name != "larq_cwr" and not name.startswith("larq_cwr."):
+                if name == "larq_cwr" or name.startswith("larq_cwr."):
+                    relative = pathlib.Path(*name.split(".")[1:])
+                    candidates = (
+                        package / relative / "__init__.py",
+                        (package / relative).with_suffix(".py"),
+                        package / "__init__.py",
+                    )
+                elif "." not in name:  # a sibling benchmark module (`docblock`, ...)
+                    candidates = (benchmarks / f"{name}.py",)
+                else:
                     continue
-                relative = pathlib.Path(*name.split(".")[1:])
-                for candidate in (
-                    package / relative / "__init__.py",
-                    (package / relative).with_suffix(".py"),
-                    package / "__init__.py",
-                ):
+                for candidate in candidates:
                     if candidate.is_file() and candidate not in found:
                         found.add(candidate)
                         pending.append(candidate)
@@ -94,7 +123,8 @@ def file_hash(path: str | pathlib.Path) -> str:
 
 def cached(path: pathlib.Path, settings: dict[str, Any], compute: Callable[[], Any]) -> Any:
     """`compute()`, or the result stored at `path` by the same code and settings."""
-    key = {**settings, "code": code_hash()}
+    # Through JSON, as stored: a tuple in `settings` must match the list read back.
+    key = json.loads(json.dumps({**settings, "code": code_hash()}))
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("settings") == key:
@@ -103,6 +133,33 @@ def cached(path: pathlib.Path, settings: dict[str, Any], compute: Callable[[], A
     result = compute()
     write_json({"settings": key, "result": result}, path)
     return result
+
+
+def seed_records(
+    run: Callable[[int], Any],
+    seeds: list[int],
+    *,
+    results: pathlib.Path,
+    name: str,
+    settings: dict[str, Any],
+) -> list[Any]:
+    """`run(seed)` for each seed, cached in `results/<name>_seed<seed>.json`."""
+    results.mkdir(parents=True, exist_ok=True)
+    return [
+        cached(results / f"{name}_seed{seed}.json", settings, lambda seed=seed: run(seed))
+        for seed in seeds
+    ]
+
+
+def run_meta(start: float) -> dict[str, Any]:
+    """What a results file says about the run: code hash, versions, machine, seconds
+    since `start` (a `time.perf_counter()` value)."""
+    return {
+        "code": code_hash(),
+        "versions": versions(),
+        "machine": f"{os.cpu_count()} CPU cores",
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @dataclasses.dataclass(frozen=True)

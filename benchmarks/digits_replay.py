@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import pathlib
 import sys
 import time
 
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
+from docblock import replace_block
 
 from larq_cwr.experiment import (
     MAIN_JOB_VARIANT,
@@ -36,11 +36,11 @@ from larq_cwr.experiment import (
     ExperimentConfig,
     Variant,
     run_experiment,
-    versions,
 )
 from larq_cwr.reporting import format_table, write_json
 
 MARKER = "<!-- digits_replay table -->"
+END = "<!-- end digits_replay table -->"
 SIZE = MAIN_JOB_VARIANT.replay_size
 VARIANTS = (
     MAIN_JOB_VARIANT,
@@ -122,18 +122,6 @@ def table(records: list[dict]) -> tuple[str, dict]:
     return format_table(headers, rows), summary
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-    """Replace the block after MARKER (up to the next blank line pair) in `path`."""
-    doc = path.read_text() if path.exists() else f"# Latent replay\n\n{MARKER}\n"
-    if MARKER not in doc:
-        doc += f"\n{MARKER}\n"
-    head, _, rest = doc.partition(MARKER)
-    _, _, tail = rest.partition("<!-- end digits_replay table -->")
-    path.write_text(
-        f"{head}{MARKER}\n{text}\n<!-- end digits_replay table -->{tail or chr(10)}"
-    )
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -142,19 +130,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     start = time.perf_counter()
-    args.results.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "variants": [v.name for v in VARIANTS],
-        "script": common.file_hash(__file__),
-    }
-    records = [
-        common.cached(
-            args.results / f"digits_replay_seed{seed}.json",
-            settings,
-            lambda seed=seed: run_seed(seed),
-        )
-        for seed in args.seeds
-    ]
+    records = common.seed_records(
+        run_seed,
+        args.seeds,
+        results=args.results,
+        name="digits_replay",
+        settings={"variants": [v.name for v in VARIANTS]},
+    )
     text, summary = table(records)
     main_job = summary[MAIN_JOB_VARIANT.name]
 
@@ -169,12 +151,7 @@ def main(argv=None) -> int:
         f"- main job worst class over seeds {100 * main_job['min_class_accuracy']:.1f}% "
         f"(target > 0%): {verdict(main_job['min_class_accuracy'] > 0)}",
     ]
-    meta = {
-        "code": common.code_hash(),
-        "versions": versions(),
-        "machine": f"{os.cpu_count()} CPU cores",
-        "seconds": time.perf_counter() - start,
-    }
+    meta = common.run_meta(start)
     body = "\n".join(
         [
             f"Written by `benchmarks/digits_replay.py` from the code with source hash "
@@ -191,10 +168,10 @@ def main(argv=None) -> int:
         ]
     )
     write_json(
-        {"settings": settings, "summary": summary, "records": records, **meta},
+        {"summary": summary, "records": records, **meta},
         args.results / "digits_replay.json",
     )
-    write_doc(args.doc, body)
+    replace_block(args.doc, body, marker=MARKER, end=END, new_file="# Latent replay\n")
     print(body)
     return 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -45,7 +44,6 @@ from larq_cwr.experiment import (
     load_architecture_weights,
     run_stream,
     train_joint,
-    versions,
 )
 from larq_cwr.reporting import format_table, write_json
 from larq_cwr.scenarios import make_scenario
@@ -101,12 +99,14 @@ def linear_ceiling(features, seed):
     )
 
 
-def time_head_steps(stream, learning_rate, *, batches=200, repeats=7):
+def time_head_steps(stream, learning_rate, *, batches=1000, repeats=7):
     """Seconds per train step, float vs hybrid 8/16, interleaved in one process.
 
     Two measures: the head update alone on features (batch 50), and the whole step as
     the device runs it (frozen backbone forward on images + head update). Median over
-    `repeats` interleaved repeats.
+    `repeats` interleaved repeats of windows of `batches` head steps and a tenth of
+    that many whole steps (100 whole steps, about 5 s: windows of about 1 s clustered
+    at 63.5 and 127.6 ms per step on this throttled machine, `step_time.py`).
     """
     features, scenario, config = stream.test, stream.scenario, stream.config
     experience = features.experience(1)
@@ -431,12 +431,7 @@ def main(argv=None):
         )
     tables = {key: aggregate(records, joints, key) for key in TITLES}
     timing = [r["step_time"] for r in records if "step_time" in r]
-    meta = {
-        "versions": versions(),
-        "code": common.code_hash(),
-        "seconds": time.perf_counter() - start,
-        "machine": f"{os.cpu_count()} CPU cores",
-    }
+    meta = common.run_meta(start)
     write_json(
         {
             "settings": {

@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import inspect
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -44,7 +43,7 @@ import numpy as np
 from docblock import replace_block
 
 from larq_cwr.datasets import default_cache_dir
-from larq_cwr.experiment import Variant, run_stream, train_joint, versions
+from larq_cwr.experiment import Variant, run_stream, train_joint
 from larq_cwr.reporting import format_table, write_json
 
 MARKER = "<!-- split_cifar10_replay table -->"
@@ -309,12 +308,7 @@ def main(argv=None) -> int:
         ]
     names = [v.name for v in variants(args.replay_size, tuple(args.backward_bits))]
     text, summary = table(records, names)
-    meta = {
-        "code": common.code_hash(),
-        "versions": versions(),
-        "machine": f"{os.cpu_count()} CPU cores",
-        "seconds": time.perf_counter() - start,
-    }
+    meta = common.run_meta(start)
     size = args.replay_size
     one_bit, float32 = f"cwr_8_16_replay-1bit-{size}", f"cwr_8_16_replay-float32-{size}"
     gaps = [  # paired: seeds that finished both

@@ -1,13 +1,14 @@
 """Hybrid 8/16 vs float train-step time on Split-CIFAR-10 NC, with long timing windows.
 
-`split_cifar10.py` times 20 whole steps (backbone + head) per repeat, about 1 s. On
-this shared machine those samples cluster at 63.5 and 127.6 ms per step whatever the
-variant (it looks like CPU-quota throttling), so a ratio of two of them moves by up to
-0.3 from seed to seed. This script times the same two steps as
+Windows of 20 whole steps (backbone + head), about 1 s, clustered at 63.5 and 127.6
+ms per step on this shared machine whatever the variant (it looks like CPU-quota
+throttling), so a ratio of two of them moved by up to 0.3 from seed to seed. This
+script times the same two steps as `split_cifar10.py` with
 `split_cifar10.time_head_steps` (the head update on features, and the frozen backbone +
 head as the device runs it) on the same cached first-experience networks, with
 `--batches` head steps and a tenth of that many whole steps per window (100 whole
-steps, about 5 s, by default), interleaved, median over `--repeats` repeats. The
+steps, about 5 s, by default), interleaved, median over `--repeats` repeats, without
+the rest of `split_cifar10.py`'s two hours. The
 learning rate does not change the work of a step; it is METHOD's reference 0.0025.
 
 Results: `benchmarks/results/step_time*.json` (code-keyed, `common.cached`) and the

@@ -29,10 +29,14 @@ def _load_common(root: pathlib.Path, name: str):
 
 @pytest.fixture(scope="module")
 def copied(tmp_path_factory):
-    """A copy of `benchmarks/common.py` and `larq_cwr/` and the module loaded from it."""
+    """A copy of `benchmarks/` (without results) and `larq_cwr/`, and `common` loaded
+    from it."""
     root = tmp_path_factory.mktemp("checkout")
-    (root / "benchmarks").mkdir()
-    shutil.copy(COMMON, root / "benchmarks" / "common.py")
+    shutil.copytree(
+        ROOT / "benchmarks",
+        root / "benchmarks",
+        ignore=shutil.ignore_patterns("__pycache__", "results"),
+    )
     shutil.copytree(
         ROOT / "larq_cwr", root / "larq_cwr", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -73,12 +77,19 @@ def test_hash_ignores_modules_no_benchmark_runs(copied):
         (root / "larq_cwr" / "cli.py").write_text(original)
 
 
-def test_every_module_loaded_by_the_benchmarks_is_hashed():
-    """Independent of the AST walk: the modules Python actually loads when a benchmark
-    imports `common` and the experiment runner are all in the hashed set."""
+SCRIPTS = sorted(
+    p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in ("common",)
+)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_module_a_benchmark_loads_is_hashed(name):
+    """Independent of the AST walk: the `larq_cwr` modules Python actually loads when
+    a benchmark script is imported (and with it the experiment runner, which imports
+    some modules inside functions) are all in that script's hashed set."""
     script = (
         "import sys, json; sys.path.insert(0, sys.argv[1]);"
-        "import common, larq_cwr.experiment;"
+        f"import {name}, larq_cwr.experiment;"
         "print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())"
         " if (n == 'larq_cwr' or n.startswith('larq_cwr.'))"
         " and getattr(m, '__file__', None))))"
@@ -92,9 +103,35 @@ def test_every_module_loaded_by_the_benchmarks_is_hashed():
     ).stdout
     loaded = {pathlib.Path(p).resolve() for p in json.loads(out.splitlines()[-1])}
     common = _load_common(ROOT, "common_checkout")
-    hashed = {p.resolve() for p in common._reachable_sources(COMMON)}
+    path = ROOT / "benchmarks" / f"{name}.py"
+    hashed = {p.resolve() for p in common._reachable_sources(COMMON, path)}
     assert loaded, "no larq_cwr module was loaded"
     assert loaded <= hashed, sorted(str(p) for p in loaded - hashed)
+
+
+def test_hash_covers_what_the_running_script_reaches(copied):
+    root, common = copied
+    script = root / "benchmarks" / "device.py"  # runs the device export
+    common.code_hash.cache_clear()
+    before, without = common.code_hash(script), common.code_hash()
+    original = _edit(root / "larq_cwr" / "export.py", "\n# an edit\n")
+    try:
+        common.code_hash.cache_clear()
+        assert common.code_hash(script) != before
+        # pytest is not a benchmark script: only what `common` reaches counts.
+        assert common.code_hash() == without
+    finally:
+        (root / "larq_cwr" / "export.py").write_text(original)
+    # A sibling module the script imports counts too.
+    step_time = root / "benchmarks" / "step_time.py"  # imports docblock
+    common.code_hash.cache_clear()
+    before = common.code_hash(step_time)
+    original = _edit(root / "benchmarks" / "docblock.py", "\n# an edit\n")
+    try:
+        common.code_hash.cache_clear()
+        assert common.code_hash(step_time) != before
+    finally:
+        (root / "benchmarks" / "docblock.py").write_text(original)
 
 
 def test_cached_reuses_only_same_code_and_settings(copied, tmp_path, monkeypatch):
@@ -116,3 +153,36 @@ def test_cached_reuses_only_same_code_and_settings(copied, tmp_path, monkeypatch
     stored = json.loads(path.read_text())
     assert stored["settings"] == {"epochs": 6, "code": "bbbb"}
     assert stored["result"] == {"value": 3}
+
+
+def test_cached_reuses_a_result_whose_settings_hold_tuples(copied, tmp_path, monkeypatch):
+    """JSON stores a tuple as a list: the key must compare as stored."""
+    _, common = copied
+    calls = []
+    monkeypatch.setattr(common, "code_hash", lambda: "aaaa")
+    path = tmp_path / "result.json"
+    settings = {"lrs": (0.01, 0.04), "nested": {"bits": (8, 16)}}
+    for _ in range(2):
+        common.cached(path, settings, lambda: calls.append(1) or len(calls))
+    assert len(calls) == 1
+
+
+def test_seed_records_caches_one_file_per_seed(copied, tmp_path, monkeypatch):
+    _, common = copied
+    monkeypatch.setattr(common, "code_hash", lambda: "aaaa")
+    calls = []
+
+    def run(seed):
+        calls.append(seed)
+        return {"seed": seed, "value": 10 * seed}
+
+    for _ in range(2):
+        records = common.seed_records(
+            run, [3, 1], results=tmp_path / "r", name="bench", settings={"k": 1}
+        )
+        assert records == [{"seed": 3, "value": 30}, {"seed": 1, "value": 10}]
+    assert calls == [3, 1]  # the second pass reads both files
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "bench_seed1.json",
+        "bench_seed3.json",
+    ]
