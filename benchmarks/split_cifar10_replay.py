@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import inspect
 import logging
 import pathlib
 import sys
@@ -100,13 +98,8 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
     # A seed takes more than an hour on 2 cores: each variant and the joint bound are
     # cached on their own (user cache, same code and settings), so an interrupted run
     # resumes at the first part it has not finished.
-    # Keyed by the functions that compute a part (not the whole script, whose table
-    # code may change without changing a result).
     parts = PARTS / f"seed{seed}"
-    part_settings = {k: v for k, v in settings.items() if k != "script"} | {
-        "seed": seed,
-        "part_code": part_code_hash(),
-    }
+    part_settings = settings | {"seed": seed}
     record["joint"] = common.cached(
         parts / "joint.json",
         part_settings | {"variant": "joint"},
@@ -126,14 +119,6 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
             record["variants"][variant.name]["fit_seconds"],
         )
     return record
-
-
-def part_code_hash() -> str:
-    """SHA-256 (16 hex digits) of the source of the functions that compute a part."""
-    source = "".join(
-        inspect.getsource(f) for f in (variants, run_seed, run_variant, run_joint)
-    )
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 def run_variant(stream, variant) -> dict:
@@ -167,10 +152,7 @@ def finished_parts(seed: int, settings: dict, args) -> dict:
     """A seed's record from the parts already computed with the same code and settings
     (``--finished-only``: nothing is trained; a missing part is left out). The lookup
     is `common.cached`'s own, with the keys `run_seed` uses."""
-    key = {k: v for k, v in settings.items() if k != "script"} | {
-        "seed": seed,
-        "part_code": part_code_hash(),
-    }
+    key = settings | {"seed": seed}
     labels = {"joint": "joint"} | {
         v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
     }
