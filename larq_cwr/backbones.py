@@ -46,6 +46,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Clip of QuickNet's sign quantizers and weight constraint (METHOD §6).
 BINARY_CLIP = 1.25
 
+# Variance floor (BN epsilon) after a binary conv. Its ReLU output is a count that moves
+# in steps of 2, with a channel variance of 10^2-10^4; a channel that is 0 on every
+# training image (dead ReLU) has variance 0, and with epsilon 1e-5 one step on new data
+# became a feature of 600 standard deviations, which broke the 8-bit feature range of
+# the hybrid update. Epsilon 1 bounds that step to 2 (times gamma) and leaves live
+# channels' scale within 0.5%.
+BINARY_BN_EPSILON = 1.0
+
 LATENT_PREFIX = "latent_"
 _LATENT_PATTERN = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
 
@@ -433,7 +441,7 @@ def _binary_residual_block(x: tf.Tensor) -> tf.Tensor:
         kernel_initializer="glorot_normal",
         use_bias=False,
     )(x)
-    y = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(y)
+    y = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=BINARY_BN_EPSILON)(y)
     return tf.keras.layers.Add()([x, y])
 
 
