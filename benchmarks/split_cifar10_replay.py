@@ -99,7 +99,7 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
     # cached on their own (user cache, same code and settings), so an interrupted run
     # resumes at the first part it has not finished.
     parts = PARTS / f"seed{seed}"
-    part_settings = settings | {"seed": seed}
+    part_settings = part_key(settings, seed)
     record["joint"] = common.cached(
         parts / "joint.json",
         part_settings | {"variant": "joint"},
@@ -119,6 +119,13 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
             record["variants"][variant.name]["fit_seconds"],
         )
     return record
+
+
+def part_key(settings: dict, seed: int) -> dict:
+    """The cache key of a seed's parts: the run's settings but the list of gradient bits
+    (each trained-block variant's own bits are in its key), so a run with fewer bits
+    reuses the parts of a longer one and the reverse."""
+    return {k: v for k, v in settings.items() if k != "backward_bits"} | {"seed": seed}
 
 
 def run_variant(stream, variant) -> dict:
@@ -152,7 +159,7 @@ def finished_parts(seed: int, settings: dict, args) -> dict:
     """A seed's record from the parts already computed with the same code and settings
     (``--finished-only``: nothing is trained; a missing part is left out). The lookup
     is `common.cached`'s own, with the keys `run_seed` uses."""
-    key = settings | {"seed": seed}
+    key = part_key(settings, seed)
     labels = {"joint": "joint"} | {
         v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
     }
