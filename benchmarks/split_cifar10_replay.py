@@ -97,16 +97,21 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
     }
     # A seed takes more than an hour on 2 cores: each variant and the joint bound are
     # cached on their own (user cache, same code and settings), so an interrupted run
-    # resumes at the first part it has not finished.
+    # resumes at the first part it has not finished. Order: the frozen CWR* rows
+    # (minutes each), the joint bound, then the slow rows (trained blocks, fine-tuning).
     parts = PARTS / f"seed{seed}"
     part_settings = part_key(settings, seed)
-    record["joint"] = common.cached(
-        parts / "joint.json",
-        part_settings | {"variant": "joint"},
-        lambda: run_joint(stream, args.joint_epochs),
-    )
-    for variant in variants(args.replay_size, tuple(args.backward_bits)):
-        record["variants"][variant.name] = common.cached(
+    every = variants(args.replay_size, tuple(args.backward_bits))
+    fast = [v for v in every if v.strategy == "cwr" and not v.train_blocks]
+    for variant in [*fast, "joint", *[v for v in every if v not in fast]]:
+        if variant == "joint":
+            record["joint"] = common.cached(
+                parts / "joint.json",
+                part_settings | {"variant": "joint"},
+                lambda: run_joint(stream, args.joint_epochs),
+            )
+            continue
+        result = common.cached(
             parts / f"{variant.name}.json",
             part_settings | {"variant": repr(variant)},
             lambda variant=variant: run_variant(stream, variant),
@@ -115,9 +120,12 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
             "seed %d %s: final %.4f, %.0f s",
             seed,
             variant.name,
-            record["variants"][variant.name]["final_accuracy"],
-            record["variants"][variant.name]["fit_seconds"],
+            result["final_accuracy"],
+            result["fit_seconds"],
         )
+        record["variants"][variant.name] = result
+    # Table rows in the variants' order.
+    record["variants"] = {v.name: record["variants"][v.name] for v in every}
     return record
 
 
