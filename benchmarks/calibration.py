@@ -28,15 +28,13 @@ table in `docs/replay.md`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import pathlib
 import sys
-import time
 
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
+from digits_replay import run_digits_seeds
 from docblock import replace_block
 
 from larq_cwr.datasets import load_dataset
@@ -171,17 +169,10 @@ def table(records: list[dict]) -> tuple[str, dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
-    parser.add_argument("--doc", type=pathlib.Path, default=common.DOCS / "replay.md")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    start = time.perf_counter()
-    records = common.seed_records(
+    args, records, start = run_digits_seeds(
         run_seed,
-        args.seeds,
-        results=args.results,
+        argv,
+        description=__doc__.splitlines()[0],
         name="calibration",
         settings={"variants": [[n, repr(v), c] for n, v, c in VARIANTS]},
     )

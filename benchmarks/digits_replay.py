@@ -25,6 +25,7 @@ import logging
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
@@ -122,8 +123,13 @@ def table(records: list[dict]) -> tuple[str, dict]:
     return format_table(headers, rows), summary
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_digits_seeds(
+    run: Callable[[int], dict], argv=None, *, description: str, name: str, settings: dict
+) -> tuple[argparse.Namespace, list[dict], float]:
+    """The digits benchmarks' command line (``--seeds``, ``--results``, ``--doc``) and
+    ``run(seed)`` per seed, cached; returns the arguments, the records and the start
+    time."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
     parser.add_argument("--doc", type=pathlib.Path, default=common.DOCS / "replay.md")
@@ -131,9 +137,16 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     start = time.perf_counter()
     records = common.seed_records(
+        run, args.seeds, results=args.results, name=name, settings=settings
+    )
+    return args, records, start
+
+
+def main(argv=None) -> int:
+    args, records, start = run_digits_seeds(
         run_seed,
-        args.seeds,
-        results=args.results,
+        argv,
+        description=__doc__.splitlines()[0],
         name="digits_replay",
         settings={"variants": [v.name for v in VARIANTS]},
     )
