@@ -9,7 +9,8 @@ cheap too, so (Vorabbi et al., VISAPP 2024):
   own min/max (``quantize_activation``); BatchNormalization computes in float;
 - the latent (real-valued) weights of binary layers are stored with
   ``latent_weight_bits`` (b_bin) on a symmetric grid of ``[-1.25, 1.25]``, where
-  QuickNet clips them;
+  QuickNet clips them, that has no level at 0 (``latent_weight_grid``): rounding never
+  changes a weight's sign, so it never flips the binary weight the layer uses;
   other kernels keep ``update_bits`` like the head, BatchNormalization parameters float
   (``update_block_weights``).
 
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_LATENT_WEIGHT_BITS",
     "BlockStack",
     "binary_kernels",
+    "latent_weight_grid",
     "quantize_activation",
     "update_block_weights",
 ]
@@ -91,6 +93,38 @@ def binary_kernels(layers: Sequence[tf.keras.layers.Layer]) -> list[tf.Variable]
     ]
 
 
+def latent_weight_grid(weights: tf.Tensor, bits: int) -> tf.Tensor:
+    """Binary latent weights on the ``bits``-bit grid of ``[-1.25, 1.25]`` with no zero.
+
+    The ``2^bits`` levels are ``(k + 1/2) * step`` for integers ``-2^(bits-1) <= k <
+    2^(bits-1)``, ``step = 2.5 / (2^bits - 1)``, so the outermost levels are the clip
+    values. Each weight goes to the level of the step it lies in, ``k = floor(w /
+    step)``: a weight ``w >= 0`` stays positive and ``w < 0`` negative, which is the
+    sign ``SteSign`` binarizes (0 counts as positive there too). The stored integer is
+    ``k``, an int8 for 8 bits whose sign bit is the binary weight. A grid with a level
+    at 0 (TFLite's int8 weights) would turn every small negative weight into 0, a
+    binary +1: with float latent weights from the first experience, about one binary
+    weight in ten flipped on the first update and the trained blocks collapsed.
+
+    Args:
+        weights: Latent weights.
+        bits: Storage bits, at least 2.
+
+    Returns:
+        The weights on the grid (values beyond ``±1.25`` go to the outermost levels).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> from larq_cwr.backprop import latent_weight_grid
+        >>> latent_weight_grid(tf.constant([-0.001, 0.0, 0.6, -2.0]), 2).numpy()
+        array([-0.41666666,  0.41666666,  0.41666666, -1.25      ], dtype=float32)
+    """
+    half = 2.0 ** (bits - 1)
+    step = 2.0 * BINARY_CLIP / (2.0 * half - 1.0)
+    k = tf.clip_by_value(tf.floor(weights / step), -half, half - 1.0)
+    return (k + 0.5) * step
+
+
 def update_block_weights(
     variables: Sequence[tf.Variable],
     gradients: Sequence[tf.Tensor | None],
@@ -104,9 +138,9 @@ def update_block_weights(
 ) -> None:
     """One SGD step on the trainable blocks, storing each kind of weight as METHOD §5 says.
 
-    - binary latent weights: ``clip(W - lr * g, -1.25, 1.25)`` on the symmetric
-      ``latent_weight_bits`` grid of TFLite's int8 weights, ``k * 1.25 / L`` for
-      integers ``-L <= k <= L`` with ``L = 2^(b - 1) - 1``;
+    - binary latent weights: ``clip(W - lr * g, -1.25, 1.25)`` on the
+      ``latent_weight_bits`` grid of `latent_weight_grid` (no level at 0: rounding
+      keeps every weight's sign);
     - ``float_only`` (BatchNormalization parameters): float;
     - other weights: on the ``update_bits`` grid of their own min/max, like the head.
 
@@ -129,11 +163,7 @@ def update_block_weights(
         if id(variable) in binary_ids:
             updated = tf.clip_by_value(updated, -BINARY_CLIP, BINARY_CLIP)
             if latent_weight_bits is not None:
-                # Symmetric grid, TFLite's int8 weight convention (zero point 0, levels
-                # -L..L): 0 and both clip values are levels.
-                levels = 2.0 ** (latent_weight_bits - 1) - 1.0
-                step = BINARY_CLIP / levels
-                updated = tf.clip_by_value(tf.round(updated / step), -levels, levels) * step
+                updated = latent_weight_grid(updated, latent_weight_bits)
         elif id(variable) not in float_ids and update_bits is not None:
             updated = _own_range(updated, update_bits, grid)
         variable.assign(updated)

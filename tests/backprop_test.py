@@ -6,7 +6,12 @@ import pytest
 import tensorflow as tf
 
 from larq_cwr import CWRStar, CWRStarHead, HybridQuantizedTrainStep
-from larq_cwr.backprop import BlockStack, quantize_activation, update_block_weights
+from larq_cwr.backprop import (
+    BlockStack,
+    latent_weight_grid,
+    quantize_activation,
+    update_block_weights,
+)
 from larq_cwr.quantizers import snap_to_grid
 from larq_cwr.replay import LatentBinarization, LatentReplayMemory
 from larq_cwr.training import hybrid_sgd_step
@@ -181,9 +186,10 @@ def test_update_block_weights_stores_each_kind_as_specified():
         update_bits=4,
     )
     # Binary: W - lr g = [[1.3, -0.311], [0.03, -1.34]], clipped to +-1.25, then on the
-    # symmetric 8-bit grid k * 1.25/127, -127 <= k <= 127: k = 127, -31.6 -> -32, 3.05 -> 3.
-    step = 1.25 / 127
-    expected = np.array([[127, -32], [3, -127]]) * step
+    # 8-bit grid (k + 1/2) * step, step = 2.5/255, -128 <= k <= 127, k = floor(w / step):
+    # 127.5 -> 127, -31.72 -> -32, 3.06 -> 3, -127.5 -> -128.
+    step = 2.5 / 255
+    expected = (np.array([[127, -32], [3, -128]]) + 0.5) * step
     np.testing.assert_allclose(binary.numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(norm.numpy(), [0.4, 2.3], rtol=1e-6)  # float SGD
     # Other: [[0.0, -0.8], [0.2, -0.1]] on the 4-bit grid of its own range [-0.8, 0.2].
@@ -219,11 +225,46 @@ def test_hybrid_phase_trains_exactly_the_named_blocks():
     )  # gamma
     np.testing.assert_array_equal(before_bn["block_b_bn/2"], changed_bn["block_b_bn/2"])
     assert not np.allclose(model.head.kernel.numpy(), head_before)
-    # The binary latent weights stay on the symmetric 8-bit grid of [-1.25, 1.25].
+    # The binary latent weights stay on the 8-bit grid (k + 1/2) * 2.5/255 of [-1.25, 1.25].
     kernel = after["block_b_conv/0"]
-    levels = kernel / (1.25 / 127)
+    levels = kernel / (2.5 / 255) - 0.5
     assert np.abs(kernel).max() <= 1.25 + 1e-6
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+
+
+def test_latent_weight_grid_keeps_every_sign():
+    # Small weights of either sign, 0 (binarized as +1) and the clip values, 8 bits:
+    # the nearest levels are +-step/2 = +-1.25/255 and +-1.25, signs unchanged.
+    weights = tf.constant([-1e-4, -0.0049, 0.0, 1e-4, 0.0049, -1.25, 1.25, -3.0])
+    stored = latent_weight_grid(weights, 8).numpy()
+    half_step = 1.25 / 255
+    np.testing.assert_allclose(
+        stored,
+        [-half_step, -half_step, half_step, half_step, half_step, -1.25, 1.25, -1.25],
+        rtol=1e-6,
+    )
+    binary = lq.quantizers.SteSign(clip_value=1.25)
+    np.testing.assert_array_equal(binary(stored).numpy(), binary(weights).numpy())
+
+
+def test_first_block_update_does_not_flip_binary_weights():
+    # The blocks' latent weights come from the float first experience, off the grid.
+    # Storing them on it (the first hybrid step, at a negligible learning rate) must
+    # leave every binary weight as it was; a grid with a level at 0 turned the small
+    # negative ones into +1 and the trained blocks collapsed.
+    x, y = _data()
+    model = _model(
+        forward_bits=8, update_bits=16, backward_bits=16, block_learning_rate=1e-12
+    )
+    _first_experience(model, x, y)
+    kernel = model.get_layer("block_b_conv").kernel
+    small_negative = np.sum((kernel.numpy() < 0) & (kernel.numpy() > -1.25 / 255))
+    assert small_negative > 0  # the case that flipped
+    signs = np.sign(kernel.numpy() + (kernel.numpy() == 0))
+    callback = CWRStar(model.head, labels=y, trainable_layers=["block_b_conv"])
+    model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
+    after = kernel.numpy()
+    np.testing.assert_array_equal(np.sign(after + (after == 0)), signs)
 
 
 def test_trainable_layer_below_the_latent_layer_raises():
