@@ -99,22 +99,16 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
     # cached on their own (user cache, same code and settings), so an interrupted run
     # resumes at the first part it has not finished. Order: the frozen CWR* rows
     # (minutes each), the joint bound, then the slow rows (trained blocks, fine-tuning).
-    parts = PARTS / f"seed{seed}"
-    part_settings = part_key(settings, seed)
     every = variants(args.replay_size, tuple(args.backward_bits))
     fast = [v for v in every if v.strategy == "cwr" and not v.train_blocks]
-    for variant in [*fast, "joint", *[v for v in every if v not in fast]]:
-        if variant == "joint":
-            record["joint"] = common.cached(
-                parts / "joint.json",
-                part_settings | {"variant": "joint"},
-                lambda: run_joint(stream, args.joint_epochs),
-            )
-            continue
-        result = common.cached(
-            parts / f"{variant.name}.json",
-            part_settings | {"variant": repr(variant)},
-            lambda variant=variant: run_variant(stream, variant),
+
+    def run(variant):
+        result = cached_part(
+            seed,
+            settings,
+            name=variant.name,
+            label=repr(variant),
+            compute=lambda: run_variant(stream, variant),
         )
         logging.info(
             "seed %d %s: final %.4f, %.0f s",
@@ -123,17 +117,32 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
             result["final_accuracy"],
             result["fit_seconds"],
         )
-        record["variants"][variant.name] = result
-    # Table rows in the variants' order.
-    record["variants"] = {v.name: record["variants"][v.name] for v in every}
+        return result
+
+    done = {v.name: run(v) for v in fast}
+    record["joint"] = cached_part(
+        seed,
+        settings,
+        name="joint",
+        label="joint",
+        compute=lambda: run_joint(stream, args.joint_epochs),
+    )
+    done |= {v.name: run(v) for v in every if v not in fast}
+    record["variants"] = {v.name: done[v.name] for v in every}  # table order
     return record
 
 
-def part_key(settings: dict, seed: int) -> dict:
-    """The cache key of a seed's parts: the run's settings but the list of gradient bits
-    (each trained-block variant's own bits are in its key), so a run with fewer bits
-    reuses the parts of a longer one and the reverse."""
-    return {k: v for k, v in settings.items() if k != "backward_bits"} | {"seed": seed}
+def cached_part(seed: int, settings: dict, *, name: str, label: str, compute) -> dict:
+    """One part of a seed (a variant or the joint bound) through `common.cached`, in
+    `PARTS/seed<seed>/<name>.json`. Its key is the run's settings but the list of
+    gradient bits (each trained-block variant's own bits are in its label), so a run
+    with fewer bits reuses the parts of a longer one and the reverse."""
+    key = {k: v for k, v in settings.items() if k != "backward_bits"}
+    return common.cached(
+        PARTS / f"seed{seed}" / f"{name}.json",
+        key | {"seed": seed, "variant": label},
+        compute,
+    )
 
 
 def run_variant(stream, variant) -> dict:
@@ -166,16 +175,16 @@ def _not_finished():
 def finished_parts(seed: int, settings: dict, args) -> dict:
     """A seed's record from the parts already computed with the same code and settings
     (``--finished-only``: nothing is trained; a missing part is left out). The lookup
-    is `common.cached`'s own, with the keys `run_seed` uses."""
-    key = part_key(settings, seed)
+    is `cached_part`, as in `run_seed`."""
     labels = {"joint": "joint"} | {
         v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
     }
     record = {"seed": seed, "variants": {}, "joint": None}
     for name, label in labels.items():
-        path = PARTS / f"seed{seed}" / f"{name}.json"
         try:
-            result = common.cached(path, key | {"variant": label}, _not_finished)
+            result = cached_part(
+                seed, settings, name=name, label=label, compute=_not_finished
+            )
         except _NotFinished:  # absent, or written by other code or settings
             continue
         if name == "joint":
