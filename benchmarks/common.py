@@ -64,8 +64,9 @@ def code_hash(script: str | pathlib.Path | None = None) -> str:
     Returns:
         The hash, the same on every machine for the same sources.
     """
-    script = _running_script() if script is None else pathlib.Path(script)
-    starts = [pathlib.Path(__file__)] + ([script] if script is not None else [])
+    # Resolved: the same file must give the same hash however it is named.
+    script = _running_script() if script is None else pathlib.Path(script).resolve()
+    starts = [pathlib.Path(__file__).resolve()] + ([script] if script else [])
     digest = hashlib.sha256()
     for path in sorted({*_reachable_sources(*starts), *starts}):
         digest.update(str(path.resolve().relative_to(ROOT)).encode())
@@ -114,11 +115,6 @@ def _reachable_sources(*starts: pathlib.Path) -> list[pathlib.Path]:
                         pending.append(candidate)
                         break
     return sorted(found)
-
-
-def file_hash(path: str | pathlib.Path) -> str:
-    """SHA-256 (16 hex digits) of one file: a script's own part of a cache key."""
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
 
 
 def cached(path: pathlib.Path, settings: dict[str, Any], compute: Callable[[], Any]) -> Any:

@@ -271,7 +271,6 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size,
         "quicknet_size": args.quicknet_size,
         "machine": machine,
-        "script": common.file_hash(__file__),
     }
 
     def compute():

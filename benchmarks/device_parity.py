@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     data = common.load_cifar(args.data)
     settings = {
         key: value for key, value in vars(args).items() if key not in ("data", "doc")
-    } | {"data": args.data.name, "script": common.file_hash(__file__)}
+    } | {"data": args.data.name}
     record = common.cached(
         common.RESULTS / "device_parity.json", settings, lambda: measure(data, args)
     )

@@ -201,7 +201,6 @@ def main(argv=None) -> int:
         "lrs": list(LEARNING_RATES),  # as JSON stores it, or the cache never matches
         "epochs": EPOCHS,
         "first_epochs": FIRST_EPOCHS,
-        "script": common.file_hash(__file__),
     }
     records = [
         common.cached(

@@ -410,7 +410,6 @@ def main(argv=None):
         "variants": [v.name for v in VARIANTS],
         "validation_fraction": common.VALIDATION_FRACTION,
         "data": args.data.name,
-        "script": common.file_hash(__file__),
     }
     records, joints = [], []
     for seed in args.seeds:  # a seed's runs together: partial runs stay usable

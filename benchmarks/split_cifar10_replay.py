@@ -300,7 +300,7 @@ def main(argv=None) -> int:
         key: value
         for key, value in vars(args).items()
         if key not in ("data", "seeds", "results", "doc", "finished_only")
-    } | {"data": args.data.name, "script": common.file_hash(__file__)}
+    } | {"data": args.data.name}
     if args.finished_only:
         records = [finished_parts(seed, settings, args) for seed in args.seeds]
     else:

@@ -118,7 +118,6 @@ def main(argv=None) -> int:
         "batches": args.batches,
         "repeats": args.repeats,
         "data": args.data.name,
-        "script": common.file_hash(__file__),
     }
     records = [
         common.cached(

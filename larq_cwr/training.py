@@ -24,6 +24,7 @@ from larq_cwr._checks import (
 from larq_cwr.backbones import rerun_graph
 from larq_cwr.backprop import (
     DEFAULT_LATENT_WEIGHT_BITS,
+    LATENT_WEIGHT_ROUNDING,
     BlockStack,
     binary_kernels,
     update_block_weights,
@@ -61,6 +62,7 @@ _OWN_ARGUMENTS = (
     "seed",
     "backward_bits",
     "latent_weight_bits",
+    "latent_weight_rounding",
     "latent_layer",
     "replay_batch_size",
     "block_learning_rate",
@@ -257,6 +259,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             (q_b), or None for float.
         latent_weight_bits: Bits of the stored latent weights of binary layers in
             trainable blocks (b_bin), or None for float.
+        latent_weight_rounding: ``"stochastic"`` (default): each update of those
+            latent weights is stochastically rounded to whole levels of their grid,
+            with the noise stream of ``seed``; ``"nearest"``: to the nearest level,
+            which drops every update below half a level (at SGD lr 0.009 all of them:
+            the binary weights never change, ``docs/replay.md``).
         latent_layer: Name of the layer (or input) splitting the frozen part below from
             the trainable blocks above; the latents of replay are its outputs.
         replay: A ``LatentReplayMemory`` of latents at ``latent_layer``.
@@ -300,6 +307,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         seed: int | None = None,
         backward_bits: int | None = None,
         latent_weight_bits: int | None = DEFAULT_LATENT_WEIGHT_BITS,
+        latent_weight_rounding: str = "stochastic",
         latent_layer: str | None = None,
         replay: LatentReplayMemory | dict | None = None,
         replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE,
@@ -313,6 +321,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         check_optional_bits(latent_weight_bits, "latent_weight_bits")
         check_choice(grid, GRIDS, "grid")
         check_choice(rounding, ROUNDING_MODES, "rounding")
+        check_choice(
+            latent_weight_rounding, LATENT_WEIGHT_ROUNDING, "latent_weight_rounding"
+        )
         check_choice(gradient_range_mode, GRADIENT_RANGE_MODES, "gradient_range_mode")
         check_positive_int(replay_batch_size, "replay_batch_size")
         if block_learning_rate is not None:
@@ -335,6 +346,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.seed = None if seed is None else check_seed(seed)
         self.backward_bits = backward_bits
         self.latent_weight_bits = latent_weight_bits
+        self.latent_weight_rounding = latent_weight_rounding
         self.latent_layer = latent_layer
         self.replay_batch_size = int(replay_batch_size)
         self.block_learning_rate = block_learning_rate
@@ -827,6 +839,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             binary=binary_kernels(self._blocks.layers),
             float_only=norms,
             latent_weight_bits=self.latent_weight_bits,
+            latent_weight_noise=(
+                self._noise if self.latent_weight_rounding == "stochastic" else None
+            ),
             update_bits=self.update_bits,
             grid=self.grid,
         )
@@ -848,10 +863,14 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         the generator the device head runs too); advances the saved counter."""
         if self.rounding != "stochastic" or self.update_bits is None:
             return None
+        return self._noise(kernel)
+
+    def _noise(self, variable: tf.Variable) -> tf.Tensor:
+        """Uniform noise like ``variable``: the next draws of the seed's stream."""
         noise = counter_uniform(
-            tf.shape(kernel), seed=self.seed or 0, counter=self._noise_counter
+            tf.shape(variable), seed=self.seed or 0, counter=self._noise_counter
         )
-        self._noise_counter.assign_add(tf.size(kernel, out_type=tf.int32))
+        self._noise_counter.assign_add(tf.size(variable, out_type=tf.int32))
         return noise
 
     def _learning_rate(self) -> tf.Tensor:

@@ -10,9 +10,10 @@ from larq_cwr.backprop import (
     BlockStack,
     latent_weight_grid,
     quantize_activation,
+    stochastic_latent_update,
     update_block_weights,
 )
-from larq_cwr.quantizers import snap_to_grid
+from larq_cwr.quantizers import counter_uniform, snap_to_grid
 from larq_cwr.replay import LatentBinarization, LatentReplayMemory
 from larq_cwr.training import hybrid_sgd_step
 
@@ -247,14 +248,19 @@ def test_latent_weight_grid_keeps_every_sign():
     np.testing.assert_array_equal(binary(stored).numpy(), binary(weights).numpy())
 
 
-def test_first_block_update_does_not_flip_binary_weights():
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_first_block_update_does_not_flip_binary_weights(rounding):
     # The blocks' latent weights come from the float first experience, off the grid.
     # Storing them on it (the first hybrid step, at a negligible learning rate) must
     # leave every binary weight as it was; a grid with a level at 0 turned the small
     # negative ones into +1 and the trained blocks collapsed.
     x, y = _data()
     model = _model(
-        forward_bits=8, update_bits=16, backward_bits=16, block_learning_rate=1e-12
+        forward_bits=8,
+        update_bits=16,
+        backward_bits=16,
+        block_learning_rate=1e-12,
+        latent_weight_rounding=rounding,
     )
     _first_experience(model, x, y)
     kernel = model.get_layer("block_b_conv").kernel
@@ -265,6 +271,74 @@ def test_first_block_update_does_not_flip_binary_weights():
     model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
     after = kernel.numpy()
     np.testing.assert_array_equal(np.sign(after + (after == 0)), signs)
+
+
+def test_stochastic_latent_update_hand_computed():
+    # 8 bits: step = 2.5/255, levels (k + 1/2) * step. Float weights first go to their
+    # own level k = floor(w / step), then move floor(update / step + noise) levels.
+    step = 2.5 / 255
+    weights = tf.constant([-0.001, -0.001, 0.3, 0.3, 1.24, -1.24])
+    update = tf.constant([0.0, 0.4 * step, 0.4 * step, -2.7 * step, 3 * step, -step])
+    noise = tf.constant([0.99, 0.65, 0.55, 0.25, 0.0, 0.5])
+    stored = stochastic_latent_update(weights, update, 8, noise=noise).numpy()
+    # k: -1 + 0 | -1 + floor(1.05) = 0 | 30 + floor(0.95) = 30 | 30 + floor(-2.45) = 27
+    #    | 126 + 3 -> clipped to 127 | -127 - 1 = -128
+    expected = (np.array([-1, 0, 30, 27, 127, -128]) + 0.5) * step
+    np.testing.assert_allclose(stored, expected, rtol=1e-6)
+
+
+def test_stochastic_latent_update_is_unbiased_where_nearest_drops_it():
+    # An update of 0.1 level (far below the half level round-to-nearest needs) moves
+    # 10% of the weights by one level: the mean move is 0.1 level (N = 40000, std of
+    # the mean 0.0015), where nearest rounding moves none.
+    step = 2.5 / 255
+    weights = latent_weight_grid(tf.random.stateless_uniform([40000], (1, 2), -1, 1), 8)
+    noise = counter_uniform([40000], seed=3, counter=0)
+    stored = stochastic_latent_update(weights, tf.fill([40000], 0.1 * step), 8, noise=noise)
+    moves = np.round((stored - weights).numpy() / step)
+    assert set(np.unique(moves)) == {0.0, 1.0}
+    assert abs(moves.mean() - 0.1) < 0.01
+    nearest = latent_weight_grid(weights + 0.1 * step, 8)
+    np.testing.assert_array_equal(nearest.numpy(), weights.numpy())
+
+
+def test_block_latent_weights_learn_at_the_reference_rate_only_with_stochastic_rounding():
+    # METHOD §5's block lr 0.009 gives latent-weight updates far below half a level
+    # (2.5/255/2): round-to-nearest keeps every binary weight; stochastic rounding moves
+    # some, draws from the model's saved noise stream and stays on the grid.
+    x, y = _data()
+    moved, counters = {}, {}
+    for rounding in ("nearest", "stochastic"):
+        model = _model(
+            forward_bits=8,
+            update_bits=16,
+            backward_bits=16,
+            block_learning_rate=0.009,
+            latent_weight_rounding=rounding,
+            seed=4,
+        )
+        _first_experience(model, x, y)
+        kernel = model.get_layer("block_b_conv").kernel
+        start = latent_weight_grid(kernel, 8).numpy()
+        callback = CWRStar(model.head, labels=y, trainable_layers=["block_b_conv"])
+        model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[callback])
+        levels = kernel.numpy() / (2.5 / 255) - 0.5
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+        moved[rounding] = int(np.sum(kernel.numpy() != start))
+        counters[rounding] = model.noise_counter
+    assert moved["nearest"] == 0 and counters["nearest"] == 0
+    assert moved["stochastic"] > 0
+    # 8 steps (2 epochs of 4 batches), one draw per latent weight (3*3*8*8) each.
+    assert counters["stochastic"] == 8 * 3 * 3 * 8 * 8
+
+
+def test_latent_weight_rounding_is_checked_and_serialized():
+    with pytest.raises(ValueError, match="latent_weight_rounding"):
+        _model(latent_weight_rounding="up")
+    model = _model(latent_weight_rounding="nearest")
+    config = model.get_config()
+    assert config["latent_weight_rounding"] == "nearest"
+    assert HybridQuantizedTrainStep.from_config(config).latent_weight_rounding == "nearest"
 
 
 def test_trainable_layer_below_the_latent_layer_raises():

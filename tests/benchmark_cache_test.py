@@ -134,6 +134,21 @@ def test_hash_covers_what_the_running_script_reaches(copied):
         (root / "benchmarks" / "docblock.py").write_text(original)
 
 
+def test_hash_does_not_depend_on_how_the_script_is_named(copied, monkeypatch):
+    # A relative path sorted before the absolute ones and gave another hash.
+    root, common = copied
+    script = root / "benchmarks" / "step_time.py"
+    common.code_hash.cache_clear()
+    absolute = common.code_hash(script)
+    monkeypatch.chdir(root)
+    common.code_hash.cache_clear()
+    assert common.code_hash("benchmarks/step_time.py") == absolute
+    assert (
+        common.code_hash(pathlib.Path("benchmarks") / ".." / "benchmarks" / "step_time.py")
+        == absolute
+    )
+
+
 def test_cached_reuses_only_same_code_and_settings(copied, tmp_path, monkeypatch):
     _, common = copied
     calls = []
