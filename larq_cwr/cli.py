@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         DEFAULT_FIRST_LEARNING_RATE,
         MAIN_JOB_BACKBONE,
         MAIN_JOB_EPOCHS,
+        MAIN_JOB_FIRST_EPOCHS,
         MAIN_JOB_LEARNING_RATE,
         MAIN_JOB_VARIANT,
         REPLAY_STORAGES,
@@ -107,7 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         default=MAIN_JOB_EPOCHS,
         help="epochs per later experience (default: %(default)s)",
     )
-    run.add_argument("--first-epochs", type=int, default=DEFAULT_FIRST_EPOCHS)
+    run.add_argument(
+        "--first-epochs",
+        type=int,
+        default=MAIN_JOB_FIRST_EPOCHS,
+        help="epochs of the first experience and of the joint bound (default: "
+        "%(default)s)",
+    )
     run.add_argument(
         "--learning-rate",
         type=float,

@@ -217,6 +217,15 @@ def test_default_main_job_as_a_new_user(tmp_path):
         assert report["total_seconds"] < 300
 
 
+def test_run_defaults_are_the_main_job():
+    # `larq-cwr run` with no option and the benchmarks' ExperimentConfig() must run
+    # the same configuration (digits_replay.py measures the CLI's main job).
+    from larq_cwr.cli import _config, _parser
+    from larq_cwr.experiment import ExperimentConfig
+
+    assert _config(_parser().parse_args(["run"])) == ExperimentConfig()
+
+
 def test_pretrain_writes_weights_that_load(tmp_path, capsys):
     from larq_cwr.backbones import build_backbone
 
