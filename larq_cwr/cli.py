@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         MAIN_JOB_BACKBONE,
         MAIN_JOB_EPOCHS,
         MAIN_JOB_FIRST_EPOCHS,
+        MAIN_JOB_JOINT_EPOCHS,
         MAIN_JOB_LEARNING_RATE,
         MAIN_JOB_VARIANT,
         REPLAY_STORAGES,
@@ -112,8 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         "--first-epochs",
         type=int,
         default=MAIN_JOB_FIRST_EPOCHS,
-        help="epochs of the first experience and of the joint bound (default: "
-        "%(default)s)",
+        help="epochs of the first experience (default: %(default)s)",
+    )
+    run.add_argument(
+        "--joint-epochs",
+        type=int,
+        default=MAIN_JOB_JOINT_EPOCHS,
+        help="epochs of the joint upper bound (default: %(default)s)",
     )
     run.add_argument(
         "--learning-rate",
@@ -276,6 +282,7 @@ def _config(args: argparse.Namespace):
             backbone=args.backbone,
             backbone_weights=args.backbone_weights,
             first_epochs=args.first_epochs,
+            joint_epochs=args.joint_epochs,
             first_learning_rate=args.first_learning_rate,
             epochs=args.epochs,
             learning_rate=args.learning_rate,

@@ -64,3 +64,40 @@ def test_first_experience_is_learned_and_forgetting_ordered(results):
         results["naive"].accuracy.forgetting()
         > results["cwr_float"].accuracy.forgetting() + 0.3
     )
+
+
+def test_joint_bound_trains_joint_epochs_and_the_first_experience_first_epochs():
+    import tensorflow as tf
+
+    from larq_cwr.experiment import train_joint
+
+    data = load_digits(image_size=8, seed=0)
+    keep = slice(0, 120)
+    scenario = nc_scenario(
+        data.x_train[keep],
+        data.y_train[keep],
+        data.x_test[:40],
+        data.y_test[:40],
+        n_experiences=5,
+        seed=0,
+    )
+    epochs_run = {}
+
+    class Count(tf.keras.callbacks.Callback):
+        def __init__(self, label):
+            super().__init__()
+            self.label = label
+
+        def on_epoch_end(self, epoch, logs=None):
+            epochs_run[self.label] = epoch + 1
+
+    def factory(label, index, epochs):
+        return [Count(label)]
+
+    config = TrainingConfig(seed=0, first_epochs=3, joint_epochs=2)
+    train_first_experience(scenario, config, callbacks=factory)
+    train_joint(scenario, config, callbacks=factory)
+    assert epochs_run == {"first": 3, "joint": 2}
+    # None: the joint bound trains first_epochs, as before the field existed.
+    train_joint(scenario, TrainingConfig(seed=0, first_epochs=1), callbacks=factory)
+    assert epochs_run["joint"] == 1
