@@ -211,7 +211,7 @@ def run_seed(data, scenario_name, seed, args):
 
 def joint_seed(data, seed, args):
     """Joint upper bound: the same for NC and NI (all training data at once)."""
-    config = TrainingConfig(seed=seed, first_epochs=args.joint_epochs, backbone="bnn32")
+    config = TrainingConfig(seed=seed, joint_epochs=args.joint_epochs, backbone="bnn32")
     full = make_scenario(
         "ni",
         data.x_train,

@@ -159,7 +159,7 @@ def run_variant(stream, variant) -> dict:
 
 def run_joint(stream, epochs: int) -> dict:
     """Joint upper bound: the same backbone trained on all the stream's training parts."""
-    config = dataclasses.replace(stream.config, first_epochs=epochs)
+    config = dataclasses.replace(stream.config, joint_epochs=epochs)
     accuracy, seconds = train_joint(stream.scenario, config)
     return {"final_accuracy": accuracy, "fit_seconds": seconds}
 

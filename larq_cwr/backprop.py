@@ -32,9 +32,9 @@ from larq_cwr.quantizers import DEFAULT_GRID, snap_to_grid
 
 __all__ = [
     "DEFAULT_LATENT_WEIGHT_BITS",
+    "LATENT_WEIGHT_ROUNDING",
     "BlockStack",
     "binary_kernels",
-    "LATENT_WEIGHT_ROUNDING",
     "latent_weight_grid",
     "quantize_activation",
     "stochastic_latent_update",
@@ -215,26 +215,23 @@ def update_block_weights(
     for variable, gradient in zip(variables, gradients):
         if gradient is None:
             continue
-        step = tf.cast(learning_rate, variable.dtype) * gradient
+        delta = -tf.cast(learning_rate, variable.dtype) * gradient
         if id(variable) in binary_ids and latent_weight_bits is not None:
-            if latent_weight_noise is None:
-                updated = latent_weight_grid(
-                    tf.clip_by_value(variable - step, -BINARY_CLIP, BINARY_CLIP),
-                    latent_weight_bits,
-                )
+            if latent_weight_noise is None:  # the grid clips to its outermost levels
+                updated = latent_weight_grid(variable + delta, latent_weight_bits)
             else:
                 updated = stochastic_latent_update(
                     variable,
-                    -step,
+                    delta,
                     latent_weight_bits,
                     noise=latent_weight_noise(variable),
                 )
         elif id(variable) in binary_ids:
-            updated = tf.clip_by_value(variable - step, -BINARY_CLIP, BINARY_CLIP)
+            updated = tf.clip_by_value(variable + delta, -BINARY_CLIP, BINARY_CLIP)
         elif id(variable) not in float_ids and update_bits is not None:
-            updated = _own_range(variable - step, update_bits, grid)
+            updated = _own_range(variable + delta, update_bits, grid)
         else:
-            updated = variable - step
+            updated = variable + delta
         variable.assign(updated)
 
 

@@ -252,6 +252,11 @@ class TrainingConfig:
             check_positive_int(self.joint_epochs, "joint_epochs")
         check_int(self.trainable_blocks, "trainable_blocks", minimum=0)
 
+    @property
+    def joint_bound_epochs(self) -> int:
+        """Epochs the joint bound trains: ``joint_epochs``, else ``first_epochs``."""
+        return self.first_epochs if self.joint_epochs is None else self.joint_epochs
+
 
 @dataclasses.dataclass
 class VariantResult:
@@ -628,7 +633,7 @@ def train_joint(
         config,
         "joint",
         callbacks,
-        config.joint_epochs or config.first_epochs,
+        config.joint_bound_epochs,
     )
     logits = model.predict(scenario.x_test, batch_size=256, verbose=0)
     return float(np.mean(logits.argmax(axis=1) == scenario.y_test)), seconds
@@ -769,7 +774,7 @@ def _steps_left(scenario: Scenario, config: ExperimentConfig, state: dict[str, A
         )
         total += sum(steps(n, training.epochs) for n in sizes[done + 1 :])
     if config.joint and "joint" not in state:
-        total += steps(sum(sizes), training.joint_epochs or training.first_epochs)
+        total += steps(sum(sizes), training.joint_bound_epochs)
     return total
 
 
