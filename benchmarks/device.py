@@ -33,12 +33,14 @@ import warnings
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 import tensorflow as tf
+from docblock import replace_block
 
 from larq_cwr.experiment import TrainingConfig, Variant, build_model, versions
 from larq_cwr.export import BACKBONE_FILE, HEAD_FILE, export_for_device
 from larq_cwr.reporting import format_table
 
 MARKER = "<!-- device benchmark table -->"
+END = "<!-- end device benchmark table -->"
 NUM_CLASSES = 10
 LEARNING_RATE = np.float32(0.0025)  # METHOD §4 reference head learning rate
 THREADS = (1, 2)
@@ -236,7 +238,7 @@ def write_table(record: dict, doc: pathlib.Path) -> str:
     table = format_table(headers, rows)
     processor = machine["processor"] or "unknown CPU"
     text = (
-        f"{MARKER}\nMeasured on {machine['machine']} ({processor}"
+        f"Measured on {machine['machine']} ({processor}"
         f", {machine['cpus']} logical CPUs; 5-minute load average {load['before'][1]:.1f}"
         f" before, {load['after'][1]:.1f} after), median of {repeats} interleaved repeats; "
         f'batch of {batch} images for the learning step. "train": the head\'s `train` '
@@ -244,10 +246,9 @@ def write_table(record: dict, doc: pathlib.Path) -> str:
         "the batch then `train`, over the LCE features alone, measured back to back "
         '(median of the per-repeat ratios); "1 + train/inference": the same ratio '
         "from the medians of its parts, less noisy. Written by "
-        "`benchmarks/device.py`.\n\n" + table + "\n"
+        "`benchmarks/device.py`.\n\n" + table
     )
-    current = doc.read_text() if doc.exists() else ""
-    doc.write_text((current.split(MARKER)[0] if MARKER in current else current) + text)
+    replace_block(doc, text, marker=MARKER, end=END, new_file="# Device\n")
     return table
 
 

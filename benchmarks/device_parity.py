@@ -33,6 +33,7 @@ import tempfile
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 import tensorflow as tf
+from docblock import replace_block
 
 from larq_cwr import CWRStar
 from larq_cwr.device import DeviceLearner, batch_order
@@ -43,6 +44,7 @@ from larq_cwr.scenarios import make_scenario
 
 MARKER = "<!-- device_parity table -->"
 END = "<!-- end device_parity table -->"
+HEADING = "## Parity on CIFAR-10"
 LEARNING_RATE, EPOCHS, BATCH_SIZE = 0.0025, 2, 50
 AGREEMENT_TARGET = 0.99
 
@@ -175,21 +177,18 @@ def write_doc(record: dict, doc: pathlib.Path, args) -> str:
         rows,
     )
     text = (
-        f"{MARKER}\nCIFAR-10 (JPEG copy), NC seed 0: `bnn32` trained on the first "
+        f"CIFAR-10 (JPEG copy), NC seed 0: `bnn32` trained on the first "
         f"experience ({args.first_epochs} epochs on {args.first_per_class} images per "
         f"class), hybrid 8/16, then the 4 later experiences ({args.per_class} images per "
         f"class, {EPOCHS} epochs, batch {BATCH_SIZE}, lr {LEARNING_RATE}) learned by both "
         f"in the same batch order; {record['results']['head']['test_images']} test "
         f"images. Written by `benchmarks/device_parity.py` from the code with source hash "
-        f"`{common.code_hash()}`.\n\n{table}\n{END}"
+        f"`{common.code_hash()}`.\n\n{table}"
     )
-    current = doc.read_text()
-    if MARKER in current:
-        head, _, rest = current.partition(MARKER)
-        current = head + text + rest.partition(END)[2]
-    else:
-        current = current.rstrip("\n") + "\n\n## Parity on CIFAR-10\n\n" + text + "\n"
-    doc.write_text(current)
+    current = doc.read_text() if doc.exists() else "# Device\n"
+    if MARKER not in current:  # a new block goes under its own heading, at the end
+        doc.write_text(current.rstrip("\n") + f"\n\n{HEADING}\n")
+    replace_block(doc, text, marker=MARKER, end=END)
     return table
 
 
