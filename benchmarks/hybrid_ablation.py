@@ -27,6 +27,7 @@ import time
 import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 import tensorflow as tf
+from docblock import replace_block
 
 from larq_cwr.experiment import build_model, load_architecture_weights, versions
 from larq_cwr.head import consolidate_kernel, reset_kernel
@@ -36,6 +37,7 @@ from larq_cwr.training import hybrid_sgd_step
 LEARNING_RATES = (0.0025, 0.01, 0.04, 0.16)
 EPOCHS, FIRST_EPOCHS, BATCH = 5, 10, 50
 MARKER = "<!-- hybrid_ablation table -->"
+END = "<!-- end hybrid_ablation table -->"
 # name: (hybrid_sgd_step options, stochastic gradient, stochastic stored update)
 VARIANTS = {
     "float": ({"forward_bits": None, "update_bits": None}, False, False),
@@ -174,14 +176,13 @@ def write_table(records, doc: pathlib.Path) -> str:
         rows,
     )
     text = (
-        f"{MARKER}\nSplit-CIFAR-10 (JPEG copy) NC 5x2, `bnn32` frozen after the first "
+        f"Split-CIFAR-10 (JPEG copy) NC 5x2, `bnn32` frozen after the first "
         f"experience, seeds {seeds}, head learning rate tuned on validation for float "
         f"CWR* (per seed: {tuned}), {EPOCHS} epochs per experience, batch {BATCH}. "
         "Written by `benchmarks/hybrid_ablation.py` from the code with source hash "
-        f"`{common.code_hash()}`.\n\n" + table + "\n"
+        f"`{common.code_hash()}`.\n\n" + table
     )
-    current = doc.read_text() if doc.exists() else ""
-    doc.write_text((current.split(MARKER)[0] if MARKER in current else current) + text)
+    replace_block(doc, text, marker=MARKER, end=END, new_file="# Quantization\n")
     return table
 
 

@@ -10,6 +10,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import device  # noqa: E402
 import device_parity  # noqa: E402
+import hybrid_ablation  # noqa: E402
 from docblock import replace_block  # noqa: E402
 
 PAGE = """# Device
@@ -86,3 +87,18 @@ def test_parity_table_goes_under_its_heading_on_a_page_without_it(tmp_path):
         "# Device\n\nIntro.\n\n## Parity on CIFAR-10\n\n<!-- device_parity table -->\n"
     )
     assert text.endswith("<!-- end device_parity table -->\n")
+
+
+def test_ablation_table_keeps_what_follows_it(tmp_path):
+    # hybrid_ablation.py used to cut the page at its marker, like device.py.
+    doc = tmp_path / "quantization.md"
+    doc.write_text(
+        "# Q\n\n<!-- hybrid_ablation table -->\nold\n<!-- end hybrid_ablation table -->"
+        "\n\n## Later section\n"
+    )
+    table = hybrid_ablation.write_table(_record("hybrid_ablation")["records"], doc)
+    text = doc.read_text()
+    assert text.startswith("# Q\n\n<!-- hybrid_ablation table -->\nSplit-CIFAR-10")
+    assert text.endswith(
+        f"{table}\n<!-- end hybrid_ablation table -->\n\n## Later section\n"
+    )
