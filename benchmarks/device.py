@@ -246,7 +246,8 @@ def write_table(record: dict, doc: pathlib.Path) -> str:
         "the batch then `train`, over the LCE features alone, measured back to back "
         '(median of the per-repeat ratios); "1 + train/inference": the same ratio '
         "from the medians of its parts, less noisy. Written by "
-        "`benchmarks/device.py`.\n\n" + table
+        f"`benchmarks/device.py` from the code with source hash `{common.code_hash()}`."
+        "\n\n" + table
     )
     replace_block(doc, text, marker=MARKER, end=END, new_file="# Device\n")
     return table
