@@ -59,7 +59,7 @@ def test_device_table_keeps_the_parity_block(tmp_path):
     table = device.write_table(_record("device")["result"], doc)
     text = doc.read_text()
     assert "old device table" not in text and table in text
-    before, block, after = text.partition("<!-- end device benchmark table -->")
+    before, _, after = text.partition("<!-- end device benchmark table -->")
     assert after == PAGE.partition("<!-- end device benchmark table -->")[2]
     assert before.startswith("# Device\n\nIntro.\n\n<!-- device benchmark table -->\n")
 
