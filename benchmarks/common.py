@@ -209,11 +209,11 @@ def make_stream(
         **training,
     )
     full = make_scenario(
-        scenario_name,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=scenario_name,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=SCENARIO_EXPERIENCES[scenario_name],
         seed=seed,
     )

@@ -389,7 +389,9 @@ def _compile(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer) ->
 
 def _new_accuracy(scenario: Scenario) -> AccuracyMatrix:
     return AccuracyMatrix(
-        len(scenario), scenario.num_classes, [e.classes for e in scenario.experiences]
+        len(scenario),
+        scenario.num_classes,
+        experience_classes=[e.classes for e in scenario.experiences],
     )
 
 
@@ -563,7 +565,7 @@ def run_stream(
             upper.remember(latents[0], first.y_train, batch_size=1024)
         accuracy = _new_accuracy(scenario)
         predictions = upper.predict(test, batch_size=1024, verbose=0)
-        accuracy.update(0, scenario.y_test, predictions)
+        accuracy.update(scenario.y_test, predictions, experience_index=0)
         fit_seconds, done = [], 0
     for index in range(done + 1, len(scenario)):
         experience = dataclasses.replace(scenario[index], x_train=latents[index])
@@ -581,7 +583,7 @@ def run_stream(
         if upper.replay is not None:
             upper.remember(experience.x_train, experience.y_train, batch_size=1024)
         predictions = upper.predict(test, batch_size=1024, verbose=0)
-        accuracy.update(index, scenario.y_test, predictions)
+        accuracy.update(scenario.y_test, predictions, experience_index=index)
         if on_experience is not None:
             model.load_head_state(upper)
             on_experience(
@@ -813,11 +815,11 @@ def run_experiment(
         seed=config.training.seed,
     )
     scenario = make_scenario(
-        config.scenario,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=config.scenario,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=config.experiences,
         seed=config.training.seed,
     )

@@ -142,7 +142,9 @@ class _DeviceHead(tf.Module):
 
     def _begin_experience(self, class_counts: tf.Tensor) -> dict[str, tf.Tensor]:
         kernel = reset_kernel(
-            self._var("consolidated_kernel"), self._var("past_counts"), class_counts
+            self._var("consolidated_kernel"),
+            past_counts=self._var("past_counts"),
+            class_counts=class_counts,
         )
         self._var("kernel").assign(kernel)
         self._var("current_counts").assign(class_counts)
@@ -186,7 +188,9 @@ class _DeviceHead(tf.Module):
         # experience in progress nothing changes (the Keras head raises instead).
         kernel, consolidated = self._var("kernel"), self._var("consolidated_kernel")
         past, current = self._var("past_counts"), self._var("current_counts")
-        merged, new_past = consolidate_kernel(kernel, consolidated, past, current)
+        merged, new_past = consolidate_kernel(
+            kernel, consolidated, past_counts=past, class_counts=current
+        )
         in_experience = tf.reduce_any(current > 0)
         consolidated.assign(tf.where(in_experience, merged, consolidated))
         past.assign(new_past)

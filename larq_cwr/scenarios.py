@@ -290,9 +290,9 @@ class Scenario(collections.abc.Sequence[Experience]):
 def nc_scenario(
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     class_order: Sequence[int] | None = None,
@@ -330,7 +330,7 @@ def nc_scenario(
     Example:
         >>> import numpy as np
         >>> x, y = np.zeros((40, 2)), np.arange(40) % 10
-        >>> scenario = nc_scenario(x, y, x, y, n_experiences=5, seed=1)
+        >>> scenario = nc_scenario(x, y, x_test=x, y_test=y, n_experiences=5, seed=1)
         >>> np.random.default_rng(1).permutation(10).tolist()  # the class order
         [8, 4, 7, 0, 1, 2, 5, 9, 6, 3]
         >>> [experience.classes for experience in scenario]  # each group sorted
@@ -366,9 +366,9 @@ def nc_scenario(
 def ni_scenario(
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     num_classes: int | None = None,
@@ -435,12 +435,12 @@ _FACTORIES: dict[str, Callable[..., Scenario]] = {"nc": nc_scenario, "ni": ni_sc
 
 
 def make_scenario(
-    name: str,
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
+    name: str,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     **kwargs,
@@ -448,8 +448,9 @@ def make_scenario(
     """Build the scenario called `name` (one of `SCENARIO_NAMES`).
 
     Args:
+        x_train, y_train: Passed on.
         name: `"nc"` (`nc_scenario`) or `"ni"` (`ni_scenario`).
-        x_train, y_train, x_test, y_test, n_experiences, seed: Passed on.
+        x_test, y_test, n_experiences, seed: Passed on.
         **kwargs: Further keyword arguments of the chosen factory.
 
     Returns:
@@ -461,7 +462,13 @@ def make_scenario(
     """
     check_choice(name, SCENARIO_NAMES, "name")
     return _FACTORIES[name](
-        x_train, y_train, x_test, y_test, n_experiences=n_experiences, seed=seed, **kwargs
+        x_train,
+        y_train,
+        x_test=x_test,
+        y_test=y_test,
+        n_experiences=n_experiences,
+        seed=seed,
+        **kwargs,
     )
 
 
