@@ -58,7 +58,7 @@ LATENT_PREFIX = "latent_"
 _LATENT_PATTERN = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
     """Architecture of one named backbone (METHOD §6).
 

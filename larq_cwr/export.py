@@ -384,7 +384,7 @@ def convert_head(model: HybridQuantizedTrainStep) -> bytes:
 # -- export --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DeviceExport:
     """What ``export_for_device`` wrote.
 
@@ -644,9 +644,9 @@ def export_for_device(
     _write_atomically(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     logger.info("Exported %s to %s", model.name, out)
     return DeviceExport(
-        out,
-        out / BACKBONE_FILE,
-        out / HEAD_FILE,
-        out / MANIFEST_FILE,
-        manifest["backbone"]["binary_convolutions"],
+        directory=out,
+        backbone=out / BACKBONE_FILE,
+        head=out / HEAD_FILE,
+        manifest=out / MANIFEST_FILE,
+        binary_convolutions=manifest["backbone"]["binary_convolutions"],
     )

@@ -53,7 +53,7 @@ _X_DTYPE = np.float32
 _Y_DTYPE = np.int32
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Experience:
     """One labelled training set of a continual-learning stream (METHOD §1).
 
@@ -72,8 +72,8 @@ class Experience:
             set of labels in `y_train` (an empty experience included).
 
     Example:
-        >>> exp = Experience(0, (0, 1), np.zeros((3, 2), np.float32),
-        ...                  np.array([0, 1, 1], np.int32), num_classes=3)
+        >>> exp = Experience(index=0, classes=(0, 1), x_train=np.zeros((3, 2), np.float32),
+        ...                  y_train=np.array([0, 1, 1], np.int32), num_classes=3)
         >>> exp.class_counts
         array([1, 2, 0])
     """
@@ -175,7 +175,7 @@ class Experience:
         return train, (self.x_train[is_validation], self.y_train[is_validation])
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Scenario(collections.abc.Sequence[Experience]):
     """A stream of experiences with one shared test set (METHOD §1).
 
@@ -360,7 +360,14 @@ def nc_scenario(
                 num_classes=num_classes,
             )
         )
-    return Scenario("nc", tuple(experiences), x_test, y_test, num_classes, order)
+    return Scenario(
+        name="nc",
+        experiences=tuple(experiences),
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        class_order=order,
+    )
 
 
 def ni_scenario(
@@ -427,7 +434,12 @@ def ni_scenario(
         for index in range(n_experiences)
     )
     return Scenario(
-        "ni", experiences, x_test, y_test, num_classes, tuple(range(num_classes))
+        name="ni",
+        experiences=experiences,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        class_order=tuple(range(num_classes)),
     )
 
 

@@ -686,7 +686,14 @@ ROWS: tuple[Row, ...] = (
         "x_train and y_train with 0 samples",
         ValueError,
         "`y_train` is empty",
-        _call(Experience, 0, (), np.zeros((0, 2), np.float32), np.zeros(0, np.int32), 3),
+        _call(
+            Experience,
+            index=0,
+            classes=(),
+            x_train=np.zeros((0, 2), np.float32),
+            y_train=np.zeros(0, np.int32),
+            num_classes=3,
+        ),
     ),
     Row(
         "cwrstar-empty",

@@ -294,7 +294,13 @@ def test_split_validation_is_stratified_disjoint_and_seeded():
 
 def test_split_validation_keeps_one_training_sample_per_class():
     x = np.arange(6, dtype=np.float32)[:, None]
-    experience = Experience(0, (0, 1), x, np.array([0, 0, 0, 0, 1, 1], np.int32), 2)
+    experience = Experience(
+        index=0,
+        classes=(0, 1),
+        x_train=x,
+        y_train=np.array([0, 0, 0, 0, 1, 1], np.int32),
+        num_classes=2,
+    )
     train, (_, y_val) = experience.split_validation(0.9)
     np.testing.assert_array_equal(train.class_counts, [1, 1])
     np.testing.assert_array_equal(np.bincount(y_val), [3, 1])
@@ -487,19 +493,44 @@ def test_ni_rejects_more_experiences_than_samples_per_class():
 def test_experience_and_scenario_check_their_fields():
     x = np.zeros((3, 2), np.float32)
     y = np.array([0, 2, 2], np.int32)
-    assert Experience(0, (0, 2), x, y, 3).class_counts.tolist() == [1, 0, 2]
+    assert Experience(
+        index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=3
+    ).class_counts.tolist() == [1, 0, 2]
     with pytest.raises(ValueError, match=r"`classes` .*got \(0, 1\)"):
-        Experience(0, (0, 1), x, y, 3)
+        Experience(index=0, classes=(0, 1), x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match="`x_train` is not a numpy float32 array"):
-        Experience(0, (0, 2), x.astype(np.float64), y, 3)
+        Experience(
+            index=0, classes=(0, 2), x_train=x.astype(np.float64), y_train=y, num_classes=3
+        )
     with pytest.raises(ValueError, match="`y_train` is empty"):
-        Experience(0, (), x[:0], y[:0], 3)
+        Experience(index=0, classes=(), x_train=x[:0], y_train=y[:0], num_classes=3)
     with pytest.raises(ValueError, match="num_classes=2"):
-        Experience(0, (0, 2), x, y, 2)
-    experience = Experience(0, (0, 2), x, y, 3)
+        Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=2)
+    experience = Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match=r"`experiences\[0\]` does not fit.*got index=0"):
-        Scenario("nc", (experience,), x, y, 4, (0, 1, 2, 3))
+        Scenario(
+            name="nc",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=4,
+            class_order=(0, 1, 2, 3),
+        )
     with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
-        Scenario("nic", (experience,), x, y, 3, (0, 1, 2))
+        Scenario(
+            name="nic",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=3,
+            class_order=(0, 1, 2),
+        )
     with pytest.raises(ValueError, match="not a permutation"):
-        Scenario("nc", (experience,), x, y, 3, (0, 1, 1))
+        Scenario(
+            name="nc",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=3,
+            class_order=(0, 1, 1),
+        )
