@@ -115,11 +115,11 @@ def run_seed(seed: int) -> dict:
     config = dataclasses.replace(base.training, seed=seed)
     data = load_dataset(base.dataset, image_size=base.image_size, seed=seed)
     scenario = make_scenario(
-        base.scenario,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=base.scenario,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=base.experiences,
         seed=seed,
     )

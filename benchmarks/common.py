@@ -209,11 +209,11 @@ def make_stream(
         **training,
     )
     full = make_scenario(
-        scenario_name,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=scenario_name,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=SCENARIO_EXPERIENCES[scenario_name],
         seed=seed,
     )
@@ -226,10 +226,10 @@ def make_stream(
     load_architecture_weights(extractor, weights)
     val_features = extractor.latent_extractor.predict(x_val, batch_size=256, verbose=0)
     validation = FrozenFeatures(
-        dataclasses.replace(scenario, x_test=x_val, y_test=y_val),
-        test.train,
-        val_features,
-        0.0,
+        scenario=dataclasses.replace(scenario, x_test=x_val, y_test=y_val),
+        train=test.train,
+        test=val_features,
+        seconds=0.0,
     )
     return Stream(scenario, x_val, y_val, config, weights, seconds, test, validation)
 

@@ -78,11 +78,11 @@ def _compile(model):
 
 def measure(data, args) -> dict:
     scenario = make_scenario(
-        "nc",
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name="nc",
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=5,
         seed=0,
     )

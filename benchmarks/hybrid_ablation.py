@@ -109,14 +109,16 @@ def run_variant(stream: HeadStream, name: str, learning_rate: float, seed: int) 
     for index in range(1, len(features.scenario)):
         experience = features.experience(index)
         counts = tf.constant(experience.class_counts)
-        kernel = reset_kernel(consolidated, past, counts)
+        kernel = reset_kernel(consolidated, past_counts=past, class_counts=counts)
         x, y = experience.x_train, experience.y_train
         for _ in range(EPOCHS):
             order = order_rng.permutation(len(y))
             for start in range(0, len(y), BATCH):
                 batch = order[start : start + BATCH]
                 kernel = step(kernel, tf.constant(x[batch]), tf.constant(y[batch]))
-        consolidated, past = consolidate_kernel(kernel, consolidated, past, counts)
+        consolidated, past = consolidate_kernel(
+            kernel, consolidated, past_counts=past, class_counts=counts
+        )
     predictions = np.argmax(features.test @ consolidated.numpy(), axis=1)
     return float(np.mean(predictions == features.scenario.y_test))
 

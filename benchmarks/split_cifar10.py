@@ -213,11 +213,11 @@ def joint_seed(data, seed, args):
     """Joint upper bound: the same for NC and NI (all training data at once)."""
     config = TrainingConfig(seed=seed, joint_epochs=args.joint_epochs, backbone="bnn32")
     full = make_scenario(
-        "ni",
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name="ni",
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=1,
         seed=seed,
     )

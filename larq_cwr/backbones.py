@@ -58,7 +58,7 @@ LATENT_PREFIX = "latent_"
 _LATENT_PATTERN = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
     """Architecture of one named backbone (METHOD §6).
 
@@ -326,7 +326,7 @@ def split_backbone(
     latent = layer_output(backbone, layer_name)
     lower = tf.keras.Model(backbone.inputs, latent, name=f"{backbone.name}_lower")
     upper_input = tf.keras.Input(shape=latent.shape[1:], name=f"{layer_name}_input")
-    upper_output = rerun_graph(backbone, latent, upper_input)
+    upper_output = rerun_graph(backbone, upper_input, start=latent)
     if upper_output is None:
         raise ValueError(
             f"Cannot split {backbone.name!r} at {layer_name!r}: some paths from input to "
@@ -462,7 +462,7 @@ def _zoo_quicknet(spec: BackboneSpec, x: tf.Tensor, shape: tuple[int, ...]) -> t
         section_filters=spec.section_filters,
         section_blocks=spec.section_blocks,
     ).build()
-    return rerun_graph(zoo_model, zoo_model.inputs[0], x)
+    return rerun_graph(zoo_model, x, start=zoo_model.inputs[0])
 
 
 class _SplitPointMarker:
@@ -499,9 +499,9 @@ def layer_output(model: tf.keras.Model, layer_name: str) -> tf.Tensor:
 
 def rerun_graph(
     model: tf.keras.Model,
-    start: tf.Tensor,
     new_input: tf.Tensor,
     *,
+    start: tf.Tensor,
     on_output: Callable[[tf.keras.layers.Layer, tf.Tensor], tf.Tensor] | None = None,
     expand_nested: bool = False,
     **call_kwargs: Any,
@@ -514,9 +514,9 @@ def rerun_graph(
 
     Args:
         model: A functional model with one output.
-        start: A tensor of ``model``'s graph (an input or a layer's output).
         new_input: What replaces ``start``: a symbolic ``tf.keras.Input`` (to build a new
             functional model) or a concrete tensor (to run the layers).
+        start: A tensor of ``model``'s graph (an input or a layer's output).
         on_output: Called as ``on_output(layer, output)`` on every layer's output; what it
             returns goes on instead (to quantize activations, or to record them).
         expand_nested: Walk into nested functional models (single input) instead of
@@ -538,8 +538,8 @@ def rerun_graph(
             if expand_nested and _is_functional(layer):
                 outputs = rerun_graph(
                     layer,
-                    layer.inputs[0],
                     args[0],
+                    start=layer.inputs[0],
                     on_output=on_output,
                     expand_nested=True,
                     **call_kwargs,

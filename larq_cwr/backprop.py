@@ -47,7 +47,11 @@ LATENT_WEIGHT_ROUNDING = ("nearest", "stochastic")
 
 def _own_range(tensor: tf.Tensor, bits: int, grid: str) -> tf.Tensor:
     return snap_to_grid(
-        tensor, bits, tf.reduce_min(tensor), tf.reduce_max(tensor), grid=grid
+        tensor,
+        bits,
+        low=tf.reduce_min(tensor),
+        high=tf.reduce_max(tensor),
+        grid=grid,
     )
 
 
@@ -130,7 +134,7 @@ def latent_weight_grid(weights: tf.Tensor, bits: int) -> tf.Tensor:
 
 
 def stochastic_latent_update(
-    weights: tf.Tensor, update: tf.Tensor, bits: int, *, noise: tf.Tensor
+    weights: tf.Tensor, update: tf.Tensor, *, bits: int, noise: tf.Tensor
 ) -> tf.Tensor:
     """``weights + update`` on `latent_weight_grid`'s levels, the update stochastically
     rounded to whole steps.
@@ -158,7 +162,7 @@ def stochastic_latent_update(
         >>> from larq_cwr.backprop import stochastic_latent_update
         >>> step = 2.5 / 3  # 2 bits: levels -1.25, -0.417, 0.417, 1.25
         >>> stochastic_latent_update(tf.constant([-0.4, -0.4, 1.25]),
-        ...     tf.constant([0.25 * step, 0.25 * step, step]), 2,
+        ...     tf.constant([0.25 * step, 0.25 * step, step]), bits=2,
         ...     noise=tf.constant([0.7, 0.8, 0.0])).numpy()
         array([-0.41666666,  0.41666666,  1.25      ], dtype=float32)
     """
@@ -223,7 +227,7 @@ def update_block_weights(
                 updated = stochastic_latent_update(
                     variable,
                     delta,
-                    latent_weight_bits,
+                    bits=latent_weight_bits,
                     noise=latent_weight_noise(variable),
                 )
         elif id(variable) in binary_ids:
@@ -272,8 +276,8 @@ class BlockStack:
 
         flat_features = rerun_graph(
             feature_model,
-            feature_model.inputs[0],
             inputs,
+            start=feature_model.inputs[0],
             on_output=record,
             expand_nested=True,
         )
@@ -293,7 +297,7 @@ class BlockStack:
             return output
 
         upper_features = rerun_graph(
-            self.flat, self.latent, latent_input, on_output=collect
+            self.flat, latent_input, start=self.latent, on_output=collect
         )
         if upper_features is None:
             raise ValueError(
@@ -331,8 +335,8 @@ class BlockStack:
 
         return rerun_graph(
             self.upper_model,
-            self.upper_model.inputs[0],
             latent,
+            start=self.upper_model.inputs[0],
             on_output=quantize,
             training=False,
         )

@@ -83,9 +83,9 @@ class CWRStar(tf.keras.callbacks.Callback):
     def __init__(
         self,
         head: CWRStarHead,
+        *,
         class_counts: Mapping[int, int] | npt.ArrayLike | None = None,
         labels: npt.ArrayLike | None = None,
-        *,
         trainable_layers: Sequence[str] = (),
         freeze_after_first: bool = True,
     ) -> None:

@@ -424,9 +424,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     )
     strategy = tf.distribute.MirroredStrategy() if args.distribute == "mirrored" else None
     _, metrics = pretrain(
-        args.backbone,
         data.x_train,
         data.y_train,
+        name=args.backbone,
         input_shape=data.input_shape,
         classes=args.classes,
         epochs=args.epochs,

@@ -95,7 +95,7 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperienceResult:
     """What ``DeviceLearner.learn_experience`` did.
 
@@ -390,7 +390,9 @@ class DeviceLearner:
         consolidated = int(self._runners["consolidate"]()["consolidated_experiences"])
         if self.state_path is not None:
             self.save_state()
-        return ExperienceResult(counts, losses, consolidated)
+        return ExperienceResult(
+            class_counts=counts, epoch_losses=losses, consolidated_experiences=consolidated
+        )
 
     # -- state -----------------------------------------------------------------------------
 

@@ -95,7 +95,7 @@ REPLAY_STORAGES = ("none", *STORAGES)
 CallbackFactory = Callable[[str, int, int], Sequence[tf.keras.callbacks.Callback]]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Variant:
     """One way of learning experiences 1, 2, ... after the shared first experience.
 
@@ -183,7 +183,13 @@ class Variant:
             raise ValueError(
                 f"Unknown variant options {unknown}; expected some of {sorted(allowed)}."
             )
-        variant = cls("", strategy, forward_bits, update_bits, **options)
+        variant = cls(
+            name="",
+            strategy=strategy,
+            forward_bits=forward_bits,
+            update_bits=update_bits,
+            **options,
+        )
         if forward_bits is None and update_bits is None:
             name = f"{strategy}_float"
         else:
@@ -199,11 +205,12 @@ class Variant:
         return dataclasses.replace(variant, name=name)
 
 
-NAIVE = Variant("naive", "finetune")  # head fine-tuning without replay: the lower bound
+# Head fine-tuning without replay: the lower bound.
+NAIVE = Variant(name="naive", strategy="finetune")
 MAIN_JOB_VARIANT = Variant.finetune(8, 16, replay="int8", replay_size=DEFAULT_REPLAY_SIZE)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
     """Hyper-parameters of a stream run (defaults from METHOD §4).
 
@@ -258,7 +265,7 @@ class TrainingConfig:
         return self.first_epochs if self.joint_epochs is None else self.joint_epochs
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class VariantResult:
     """Accuracy matrix, timings and the trained model of one variant."""
 
@@ -389,7 +396,9 @@ def _compile(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer) ->
 
 def _new_accuracy(scenario: Scenario) -> AccuracyMatrix:
     return AccuracyMatrix(
-        len(scenario), scenario.num_classes, [e.classes for e in scenario.experiences]
+        len(scenario),
+        scenario.num_classes,
+        experience_classes=[e.classes for e in scenario.experiences],
     )
 
 
@@ -450,7 +459,7 @@ def _train_whole_network(
     return model, seconds
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FrozenFeatures:
     """Latents (at the split point) of every experience and of the test set, computed
     once with the part below frozen after the first experience (inference mode)."""
@@ -487,7 +496,9 @@ def extract_features(
         for e in scenario.experiences
     )
     test = extractor.predict(scenario.x_test, batch_size=batch, verbose=0)
-    return FrozenFeatures(scenario, train, test, time.perf_counter() - start)
+    return FrozenFeatures(
+        scenario=scenario, train=train, test=test, seconds=time.perf_counter() - start
+    )
 
 
 def _binarize(latents: np.ndarray) -> np.ndarray:
@@ -563,7 +574,7 @@ def run_stream(
             upper.remember(latents[0], first.y_train, batch_size=1024)
         accuracy = _new_accuracy(scenario)
         predictions = upper.predict(test, batch_size=1024, verbose=0)
-        accuracy.update(0, scenario.y_test, predictions)
+        accuracy.update(scenario.y_test, predictions, experience_index=0)
         fit_seconds, done = [], 0
     for index in range(done + 1, len(scenario)):
         experience = dataclasses.replace(scenario[index], x_train=latents[index])
@@ -581,7 +592,7 @@ def run_stream(
         if upper.replay is not None:
             upper.remember(experience.x_train, experience.y_train, batch_size=1024)
         predictions = upper.predict(test, batch_size=1024, verbose=0)
-        accuracy.update(index, scenario.y_test, predictions)
+        accuracy.update(scenario.y_test, predictions, experience_index=index)
         if on_experience is not None:
             model.load_head_state(upper)
             on_experience(
@@ -593,7 +604,9 @@ def run_stream(
                 }
             )
     model.load_head_state(upper)
-    return VariantResult(variant, accuracy, fit_seconds, model)
+    return VariantResult(
+        variant=variant, accuracy=accuracy, fit_seconds=fit_seconds, model=model
+    )
 
 
 def _block_layer_names(upper: HybridQuantizedTrainStep) -> list[str]:
@@ -686,7 +699,7 @@ def with_baselines(main: Variant) -> tuple[Variant, ...]:
     return tuple(variants)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """What ``run_experiment`` runs: data, stream, variants and hyper-parameters.
 
@@ -753,7 +766,12 @@ def _finished(
     )
     model.set_weights(arrays["main"])
     accuracy = AccuracyMatrix.from_dict(summary["accuracy_matrix"])
-    return VariantResult(variant, accuracy, list(summary["fit_seconds"]), model)
+    return VariantResult(
+        variant=variant,
+        accuracy=accuracy,
+        fit_seconds=list(summary["fit_seconds"]),
+        model=model,
+    )
 
 
 def _steps_left(scenario: Scenario, config: ExperimentConfig, state: dict[str, Any]) -> int:
@@ -813,11 +831,11 @@ def run_experiment(
         seed=config.training.seed,
     )
     scenario = make_scenario(
-        config.scenario,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=config.scenario,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=config.experiences,
         seed=config.training.seed,
     )

@@ -142,7 +142,9 @@ class _DeviceHead(tf.Module):
 
     def _begin_experience(self, class_counts: tf.Tensor) -> dict[str, tf.Tensor]:
         kernel = reset_kernel(
-            self._var("consolidated_kernel"), self._var("past_counts"), class_counts
+            self._var("consolidated_kernel"),
+            past_counts=self._var("past_counts"),
+            class_counts=class_counts,
         )
         self._var("kernel").assign(kernel)
         self._var("current_counts").assign(class_counts)
@@ -186,7 +188,9 @@ class _DeviceHead(tf.Module):
         # experience in progress nothing changes (the Keras head raises instead).
         kernel, consolidated = self._var("kernel"), self._var("consolidated_kernel")
         past, current = self._var("past_counts"), self._var("current_counts")
-        merged, new_past = consolidate_kernel(kernel, consolidated, past, current)
+        merged, new_past = consolidate_kernel(
+            kernel, consolidated, past_counts=past, class_counts=current
+        )
         in_experience = tf.reduce_any(current > 0)
         consolidated.assign(tf.where(in_experience, merged, consolidated))
         past.assign(new_past)
@@ -380,7 +384,7 @@ def convert_head(model: HybridQuantizedTrainStep) -> bytes:
 # -- export --------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DeviceExport:
     """What ``export_for_device`` wrote.
 
@@ -640,9 +644,9 @@ def export_for_device(
     _write_atomically(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     logger.info("Exported %s to %s", model.name, out)
     return DeviceExport(
-        out,
-        out / BACKBONE_FILE,
-        out / HEAD_FILE,
-        out / MANIFEST_FILE,
-        manifest["backbone"]["binary_convolutions"],
+        directory=out,
+        backbone=out / BACKBONE_FILE,
+        head=out / HEAD_FILE,
+        manifest=out / MANIFEST_FILE,
+        binary_convolutions=manifest["backbone"]["binary_convolutions"],
     )

@@ -96,7 +96,7 @@ def _tensor_bytes(tensor: Any, batch_size: int) -> int:
 
 
 def live_activation_bytes(
-    model: Any, subgraph: int, batch_size: int
+    model: Any, subgraph: int, *, batch_size: int
 ) -> tuple[int, int, str]:
     """Peak of the summed bytes of live non-constant tensors over a subgraph's operators.
 

@@ -22,7 +22,7 @@ __all__ = ["CWRStarHead", "class_counts_array", "consolidate_kernel", "reset_ker
 
 @tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def reset_kernel(
-    consolidated: tf.Tensor, past_counts: tf.Tensor, class_counts: tf.Tensor
+    consolidated: tf.Tensor, *, past_counts: tf.Tensor, class_counts: tf.Tensor
 ) -> tf.Tensor:
     """The live kernel at the start of an experience (METHOD §2 step 1).
 
@@ -45,6 +45,7 @@ def reset_kernel(
 def consolidate_kernel(
     kernel: tf.Tensor,
     consolidated: tf.Tensor,
+    *,
     past_counts: tf.Tensor,
     class_counts: tf.Tensor,
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -278,7 +279,11 @@ class CWRStarHead(tf.keras.layers.Layer):
         """
         self._require_built("begin_experience")
         counts = class_counts_array(class_counts, self.num_classes)
-        self.kernel.assign(reset_kernel(self._consolidated, self._past_counts, counts))
+        self.kernel.assign(
+            reset_kernel(
+                self._consolidated, past_counts=self._past_counts, class_counts=counts
+            )
+        )
         self._current_counts.assign(counts)
 
     def consolidate(self) -> None:
@@ -299,7 +304,10 @@ class CWRStarHead(tf.keras.layers.Layer):
                 "`consolidate()`."
             )
         consolidated, past = consolidate_kernel(
-            self.kernel, self._consolidated, self._past_counts, self._current_counts
+            self.kernel,
+            self._consolidated,
+            past_counts=self._past_counts,
+            class_counts=self._current_counts,
         )
         self._consolidated.assign(consolidated)
         self._past_counts.assign(past)

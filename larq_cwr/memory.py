@@ -147,10 +147,10 @@ def memory_report(
         backbone, head = convert_backbone(model), convert_head(model)
         files = {BACKBONE_FILE: len(backbone), HEAD_FILE: len(head)}
     lce = read_flatbuffer(backbone)
-    peak, largest, largest_name = live_activation_bytes(lce, 0, 1)
+    peak, largest, largest_name = live_activation_bytes(lce, 0, batch_size=1)
     head_model = read_flatbuffer(head)
     train_peak, _, _ = live_activation_bytes(
-        head_model, signature_subgraph(head_model, "train"), batch_size
+        head_model, signature_subgraph(head_model, "train"), batch_size=batch_size
     )
     state = {name: int(np.asarray(v).nbytes) for name, v in model_state(model).items()}
     num_features, num_classes = (int(d) for d in model.head.kernel.shape)

@@ -52,9 +52,9 @@ class AccuracyMatrix:
             empty experience, a repeated class or a class outside `[0, num_classes)`.
 
     Example:
-        >>> acc = AccuracyMatrix(2, 2, [[0], [1]])
-        >>> acc.update(0, [0, 0, 1, 1], [0, 0, 0, 0])
-        >>> acc.update(1, [0, 0, 1, 1], [0, 1, 1, 1])
+        >>> acc = AccuracyMatrix(2, 2, experience_classes=[[0], [1]])
+        >>> acc.update([0, 0, 1, 1], [0, 0, 0, 0], experience_index=0)
+        >>> acc.update([0, 0, 1, 1], [0, 1, 1, 1], experience_index=1)
         >>> acc.accuracy_seen(0), acc.final_accuracy(), acc.forgetting()
         (1.0, 0.75, 0.5)
     """
@@ -63,6 +63,7 @@ class AccuracyMatrix:
         self,
         n_experiences: int,
         num_classes: int,
+        *,
         experience_classes: Sequence[Sequence[int]],
     ) -> None:
         n_experiences = check_positive_int(n_experiences, "n_experiences")
@@ -111,16 +112,16 @@ class AccuracyMatrix:
         return self._total.copy()
 
     def update(
-        self, experience_index: int, y_true: npt.ArrayLike, y_pred: npt.ArrayLike
+        self, y_true: npt.ArrayLike, y_pred: npt.ArrayLike, *, experience_index: int
     ) -> None:
         """Add test results obtained after training experience `experience_index`.
 
         Args:
-            experience_index: Int in `[0, n_experiences)`.
             y_true: Integer labels `(n,)` (or `(n, 1)`) in `[0, num_classes)`; integral
                 floats are accepted.
             y_pred: Predicted labels `(n,)` (or `(n, 1)`), or finite scores, logits or
                 probabilities `(n, num_classes)` (their argmax is the prediction).
+            experience_index: Int in `[0, n_experiences)`.
 
         Raises:
             ValueError: Index out of range, wrong shapes or dtypes, labels out of range,
@@ -243,7 +244,9 @@ class AccuracyMatrix:
             ValueError: Counts of the wrong shape, NaN/Inf, negative, or correct > total.
         """
         out = cls(
-            config["n_experiences"], config["num_classes"], config["experience_classes"]
+            config["n_experiences"],
+            config["num_classes"],
+            experience_classes=config["experience_classes"],
         )
         correct = np.asarray(config["correct"], np.float64)
         total = np.asarray(config["total"], np.float64)

@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 def pretrain_backbone(
-    backbone: tf.keras.Model,
     x: npt.ArrayLike,
     y: npt.ArrayLike,
     *,
+    backbone: tf.keras.Model,
     classes: Sequence[int] | None = None,
     epochs: int = 10,
     batch_size: int = 64,
@@ -63,9 +63,9 @@ def pretrain_backbone(
     the backbone must have been built in the same scope (`pretrain` does that).
 
     Args:
-        backbone: Functional feature extractor, e.g. from `build_backbone`; trainable.
         x: Training images, float array ``(samples, *backbone.input_shape[1:])`` in [0, 1].
         y: Integer labels, shape ``(samples,)``, non-negative.
+        backbone: Functional feature extractor, e.g. from `build_backbone`; trainable.
         classes: Labels to train on, in head order; default: the sorted labels in ``y``.
         epochs: Positive number of passes over the training split.
         batch_size: Positive global batch size (split over replicas under a strategy).
@@ -98,7 +98,7 @@ def pretrain_backbone(
         >>> x = np.random.default_rng(0).random((64, 16, 16, 1), dtype=np.float32)
         >>> y = np.arange(64) % 2
         >>> model = backbones.build_backbone("bnn32", input_shape=(16, 16, 1))
-        >>> metrics = pretrain_backbone(model, x, y, epochs=1)
+        >>> metrics = pretrain_backbone(x, y, backbone=model, epochs=1)
         >>> sorted(metrics["history"])
         ['accuracy', 'loss', 'val_accuracy', 'val_loss']
     """
@@ -151,10 +151,10 @@ def pretrain_backbone(
 
 
 def pretrain(
-    name: str,
     x: npt.ArrayLike,
     y: npt.ArrayLike,
     *,
+    name: str,
     input_shape: Sequence[int] | None = None,
     strategy: tf.distribute.Strategy | None = None,
     out_path: str | os.PathLike | None = None,
@@ -163,9 +163,9 @@ def pretrain(
     """Builds backbone ``name`` (inside ``strategy.scope()``), pretrains it, saves it.
 
     Args:
-        name: One of `BACKBONE_NAMES`.
         x: Training images, see `pretrain_backbone`.
         y: Integer labels, see `pretrain_backbone`.
+        name: One of `BACKBONE_NAMES`.
         input_shape: ``(height, width, channels)``; default ``x.shape[1:]``.
         strategy: Optional `tf.distribute.Strategy` to build and train under.
         out_path: Where `save_backbone` writes the trained weights, if given; reload them
@@ -185,7 +185,7 @@ def pretrain(
     """
     if input_shape is None:
         input_shape = np.shape(x)[1:]
-    arguments = inspect.signature(pretrain_backbone).bind(None, x, y, **kwargs)
+    arguments = inspect.signature(pretrain_backbone).bind(x, y, backbone=None, **kwargs)
     arguments.apply_defaults()
     options = arguments.arguments
     _check_data(x, y, options["classes"], tuple(input_shape))
@@ -200,7 +200,7 @@ def pretrain(
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         backbone = build_backbone(name, input_shape=tuple(input_shape))
-    metrics = pretrain_backbone(backbone, x, y, strategy=strategy, **kwargs)
+    metrics = pretrain_backbone(x, y, backbone=backbone, strategy=strategy, **kwargs)
     metrics["weights_path"] = None
     if out_path is not None:
         metrics["weights_path"] = str(save_backbone(backbone, out_path))
@@ -270,8 +270,8 @@ def _check_backbone(
     if not all(strategy.extended.variable_created_in_scope(v) for v in backbone.weights):
         raise ValueError(
             f"`backbone` {backbone.name!r} was built outside `strategy.scope()`; expected "
-            "one built under the strategy's scope (`pretrain(name, ...)` does that), got "
-            "variables created outside it."
+            "one built under the strategy's scope (`pretrain(x, y, name=...)` does "
+            "that), got variables created outside it."
         )
 
 

@@ -77,9 +77,9 @@ _MIN_SPAN = 1e-30  # stands in for a zero span; (2^16 - 1) / _MIN_SPAN stays fin
 def snap_to_grid(
     x: tf.Tensor,
     bits: int,
+    *,
     low: tf.Tensor | float,
     high: tf.Tensor | float,
-    *,
     grid: str = DEFAULT_GRID,
     noise: tf.Tensor | None = None,
 ) -> tf.Tensor:
@@ -215,7 +215,7 @@ def _quantize(
 
     def forward(inputs):
         draws = None if noise is None else noise(inputs)
-        quantized = snap_to_grid(inputs, bits, low, high, grid=grid, noise=draws)
+        quantized = snap_to_grid(inputs, bits, low=low, high=high, grid=grid, noise=draws)
         return tf.where(high > low, quantized, inputs)  # m == M: unchanged (METHOD §3)
 
     return _straight_through(forward, x)

@@ -53,7 +53,7 @@ _X_DTYPE = np.float32
 _Y_DTYPE = np.int32
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Experience:
     """One labelled training set of a continual-learning stream (METHOD §1).
 
@@ -72,8 +72,8 @@ class Experience:
             set of labels in `y_train` (an empty experience included).
 
     Example:
-        >>> exp = Experience(0, (0, 1), np.zeros((3, 2), np.float32),
-        ...                  np.array([0, 1, 1], np.int32), num_classes=3)
+        >>> exp = Experience(index=0, classes=(0, 1), x_train=np.zeros((3, 2), np.float32),
+        ...                  y_train=np.array([0, 1, 1], np.int32), num_classes=3)
         >>> exp.class_counts
         array([1, 2, 0])
     """
@@ -175,7 +175,7 @@ class Experience:
         return train, (self.x_train[is_validation], self.y_train[is_validation])
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
 class Scenario(collections.abc.Sequence[Experience]):
     """A stream of experiences with one shared test set (METHOD §1).
 
@@ -290,9 +290,9 @@ class Scenario(collections.abc.Sequence[Experience]):
 def nc_scenario(
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     class_order: Sequence[int] | None = None,
@@ -330,7 +330,7 @@ def nc_scenario(
     Example:
         >>> import numpy as np
         >>> x, y = np.zeros((40, 2)), np.arange(40) % 10
-        >>> scenario = nc_scenario(x, y, x, y, n_experiences=5, seed=1)
+        >>> scenario = nc_scenario(x, y, x_test=x, y_test=y, n_experiences=5, seed=1)
         >>> np.random.default_rng(1).permutation(10).tolist()  # the class order
         [8, 4, 7, 0, 1, 2, 5, 9, 6, 3]
         >>> [experience.classes for experience in scenario]  # each group sorted
@@ -360,15 +360,22 @@ def nc_scenario(
                 num_classes=num_classes,
             )
         )
-    return Scenario("nc", tuple(experiences), x_test, y_test, num_classes, order)
+    return Scenario(
+        name="nc",
+        experiences=tuple(experiences),
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        class_order=order,
+    )
 
 
 def ni_scenario(
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     num_classes: int | None = None,
@@ -427,7 +434,12 @@ def ni_scenario(
         for index in range(n_experiences)
     )
     return Scenario(
-        "ni", experiences, x_test, y_test, num_classes, tuple(range(num_classes))
+        name="ni",
+        experiences=experiences,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        class_order=tuple(range(num_classes)),
     )
 
 
@@ -435,12 +447,12 @@ _FACTORIES: dict[str, Callable[..., Scenario]] = {"nc": nc_scenario, "ni": ni_sc
 
 
 def make_scenario(
-    name: str,
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
+    *,
+    name: str,
     x_test: npt.ArrayLike,
     y_test: npt.ArrayLike,
-    *,
     n_experiences: int,
     seed: int = 0,
     **kwargs,
@@ -448,8 +460,9 @@ def make_scenario(
     """Build the scenario called `name` (one of `SCENARIO_NAMES`).
 
     Args:
+        x_train, y_train: Passed on.
         name: `"nc"` (`nc_scenario`) or `"ni"` (`ni_scenario`).
-        x_train, y_train, x_test, y_test, n_experiences, seed: Passed on.
+        x_test, y_test, n_experiences, seed: Passed on.
         **kwargs: Further keyword arguments of the chosen factory.
 
     Returns:
@@ -461,7 +474,13 @@ def make_scenario(
     """
     check_choice(name, SCENARIO_NAMES, "name")
     return _FACTORIES[name](
-        x_train, y_train, x_test, y_test, n_experiences=n_experiences, seed=seed, **kwargs
+        x_train,
+        y_train,
+        x_test=x_test,
+        y_test=y_test,
+        n_experiences=n_experiences,
+        seed=seed,
+        **kwargs,
     )
 
 

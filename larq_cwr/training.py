@@ -159,7 +159,9 @@ def hybrid_sgd_step(
     def forward(tensor, low, high, noise=None):
         if forward_bits is None:
             return tensor
-        return snap_to_grid(tensor, forward_bits, low, high, grid=grid, noise=noise)
+        return snap_to_grid(
+            tensor, forward_bits, low=low, high=high, grid=grid, noise=noise
+        )
 
     def static_or_own(tensor, value_range):
         if value_range is None:
@@ -192,8 +194,8 @@ def hybrid_sgd_step(
         updated = snap_to_grid(
             updated,
             update_bits,
-            tf.reduce_min(updated),
-            tf.reduce_max(updated),
+            low=tf.reduce_min(updated),
+            high=tf.reduce_max(updated),
             grid=grid,
             noise=update_noise,
         )
@@ -664,7 +666,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         else:
             latents = tf.keras.Input(self._blocks.latent_shape, name="latents")
             upper = self._blocks.upper_model
-            features = rerun_graph(upper, upper.inputs[0], latents)
+            features = rerun_graph(upper, latents, start=upper.inputs[0])
         outputs = self.head(features)
         if not self._outputs_logits:
             outputs = tf.keras.layers.Softmax()(outputs)
@@ -818,8 +820,8 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             feature_gradient = snap_to_grid(
                 feature_gradient,
                 self.backward_bits,
-                tf.reduce_min(feature_gradient),
-                tf.reduce_max(feature_gradient),
+                low=tf.reduce_min(feature_gradient),
+                high=tf.reduce_max(feature_gradient),
                 grid=self.grid,
             )
         gradients = tape.gradient(features, blocks, output_gradients=feature_gradient)

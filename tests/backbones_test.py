@@ -301,11 +301,11 @@ def test_first_experience_features_have_no_outlier_channels():
     config = dataclasses.replace(job.training, seed=2, first_epochs=10)
     data = load_dataset(job.dataset, image_size=job.image_size, seed=2)
     scenario = make_scenario(
-        job.scenario,
         data.x_train,
         data.y_train,
-        data.x_test,
-        data.y_test,
+        name=job.scenario,
+        x_test=data.x_test,
+        y_test=data.y_test,
         n_experiences=job.experiences,
         seed=2,
     )

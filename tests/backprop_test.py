@@ -91,8 +91,10 @@ def test_quantize_activation_quantizes_forward_and_backward():
         tape.watch(x)
         y = quantize_activation(x, forward_bits=4, backward_bits=3)
     gradient = tape.gradient(y, x, output_gradients=upstream)
-    expected_y = snap_to_grid(x, 4, tf.reduce_min(x), tf.reduce_max(x))
-    expected_g = snap_to_grid(upstream, 3, tf.reduce_min(upstream), tf.reduce_max(upstream))
+    expected_y = snap_to_grid(x, 4, low=tf.reduce_min(x), high=tf.reduce_max(x))
+    expected_g = snap_to_grid(
+        upstream, 3, low=tf.reduce_min(upstream), high=tf.reduce_max(upstream)
+    )
     np.testing.assert_array_equal(y.numpy(), expected_y.numpy())
     np.testing.assert_array_equal(gradient.numpy(), expected_g.numpy())
     # 3 bits: at most 8 distinct gradient values; the upstream has 64.
@@ -280,7 +282,7 @@ def test_stochastic_latent_update_hand_computed():
     weights = tf.constant([-0.001, -0.001, 0.3, 0.3, 1.24, -1.24])
     update = tf.constant([0.0, 0.4 * step, 0.4 * step, -2.7 * step, 3 * step, -step])
     noise = tf.constant([0.99, 0.65, 0.55, 0.25, 0.0, 0.5])
-    stored = stochastic_latent_update(weights, update, 8, noise=noise).numpy()
+    stored = stochastic_latent_update(weights, update, bits=8, noise=noise).numpy()
     # k: -1 + 0 | -1 + floor(1.05) = 0 | 30 + floor(0.95) = 30 | 30 + floor(-2.45) = 27
     #    | 126 + 3 -> clipped to 127 | -127 - 1 = -128
     expected = (np.array([-1, 0, 30, 27, 127, -128]) + 0.5) * step
@@ -294,7 +296,9 @@ def test_stochastic_latent_update_is_unbiased_where_nearest_drops_it():
     step = 2.5 / 255
     weights = latent_weight_grid(tf.random.stateless_uniform([40000], (1, 2), -1, 1), 8)
     noise = counter_uniform([40000], seed=3, counter=0)
-    stored = stochastic_latent_update(weights, tf.fill([40000], 0.1 * step), 8, noise=noise)
+    stored = stochastic_latent_update(
+        weights, tf.fill([40000], 0.1 * step), bits=8, noise=noise
+    )
     moves = np.round((stored - weights).numpy() / step)
     assert set(np.unique(moves)) == {0.0, 1.0}
     assert abs(moves.mean() - 0.1) < 0.01

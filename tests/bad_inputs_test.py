@@ -153,13 +153,13 @@ def _experience() -> Experience:
 
 def _accuracy_case(index: Any, y_true: Any, y_pred: Any) -> Callable[[pathlib.Path], Case]:
     def setup(tmp_path: pathlib.Path) -> Case:
-        acc = AccuracyMatrix(2, NUM_CLASSES, [[0, 1], [2]])
-        acc.update(0, [0, 1, 1], [0, 1, 0])
+        acc = AccuracyMatrix(2, NUM_CLASSES, experience_classes=[[0, 1], [2]])
+        acc.update([0, 1, 1], [0, 1, 0], experience_index=0)
 
         def saved() -> dict[str, np.ndarray]:
             return {"correct": acc.correct, "total": acc.total}
 
-        return Case(lambda: acc.update(index, y_true, y_pred), saved)
+        return Case(lambda: acc.update(y_true, y_pred, experience_index=index), saved)
 
     return setup
 
@@ -225,7 +225,9 @@ def _pretrain_case(
         images = _images() if x is None else x
         labels = np.arange(len(images)) % 2 if y is None else y
         return Case(
-            lambda: pretrain_backbone(backbone, images, labels, epochs=1, **kwargs),
+            lambda: pretrain_backbone(
+                images, labels, backbone=backbone, epochs=1, **kwargs
+            ),
             lambda: {**_weights(backbone), **_arrays(x=images, y=labels)()},
         )
 
@@ -235,7 +237,7 @@ def _pretrain_case(
 def _pretrain_name_case(tmp_path: pathlib.Path) -> Case:
     x, y = _images(), np.arange(24) % 2
     out = tmp_path / "pretrained.h5"
-    return Case(lambda: pretrain("bnn32", x, y, epochs=0, out_path=out), dict)
+    return Case(lambda: pretrain(x, y, name="bnn32", epochs=0, out_path=out), dict)
 
 
 def _truncate(path: pathlib.Path, size: int | None) -> pathlib.Path:
@@ -684,7 +686,14 @@ ROWS: tuple[Row, ...] = (
         "x_train and y_train with 0 samples",
         ValueError,
         "`y_train` is empty",
-        _call(Experience, 0, (), np.zeros((0, 2), np.float32), np.zeros(0, np.int32), 3),
+        _call(
+            Experience,
+            index=0,
+            classes=(),
+            x_train=np.zeros((0, 2), np.float32),
+            y_train=np.zeros(0, np.int32),
+            num_classes=3,
+        ),
     ),
     Row(
         "cwrstar-empty",
@@ -730,7 +739,7 @@ ROWS: tuple[Row, ...] = (
         "experience_classes [[0, 1], []]",
         ValueError,
         "`experience_classes[1]` is empty; expected at least one class, got 0",
-        _call(AccuracyMatrix, 2, 3, [[0, 1], []]),
+        _call(AccuracyMatrix, 2, 3, experience_classes=[[0, 1], []]),
     ),
     # counts that do not match the head
     Row(
@@ -916,7 +925,7 @@ ROWS: tuple[Row, ...] = (
         'name "nic"',
         ValueError,
         "`name` must be one of ('nc', 'ni'); expected one of those values, " "got 'nic'",
-        _call(make_scenario, "nic", *_data().values(), n_experiences=1),
+        _call(make_scenario, **_data(), name="nic", n_experiences=1),
     ),
     Row(
         "load-dataset-name",
@@ -1007,7 +1016,7 @@ ROWS: tuple[Row, ...] = (
         "n_experiences=0",
         ValueError,
         "`n_experiences` is out of range",
-        _call(AccuracyMatrix, 0, 3, []),
+        _call(AccuracyMatrix, 0, 3, experience_classes=[]),
     ),
     Row(
         "accuracy-index",
@@ -1164,7 +1173,7 @@ ROWS: tuple[Row, ...] = (
         "experience_classes [[0, 0], [1, 2]]",
         ValueError,
         "`experience_classes[0]` repeats a class",
-        _call(AccuracyMatrix, 2, 3, [[0, 0], [1, 2]]),
+        _call(AccuracyMatrix, 2, 3, experience_classes=[[0, 0], [1, 2]]),
     ),
     Row(
         "cwrstar-head-type",

@@ -114,7 +114,9 @@ def test_lce_features_match_keras_per_sample(digits_export, trained_model):
     # What the hybrid head sees: on the calibrated range, the 8-bit features of the
     # close samples differ by at most one level, in a few elements.
     low, high = trained_model.feature_range
-    levels = [snap_to_grid(tf.constant(f), 8, low, high).numpy() for f in (keras, lce)]
+    levels = [
+        snap_to_grid(tf.constant(f), 8, low=low, high=high).numpy() for f in (keras, lce)
+    ]
     step = (high - min(low, 0.0)) / 255
     difference = np.abs(levels[0] - levels[1])[close]
     assert difference.max() <= step * (1 + 1e-5)

@@ -18,7 +18,12 @@ from larq_cwr.scenarios import nc_scenario
 def digits_stream():
     data = load_digits(image_size=16, seed=0)
     scenario = nc_scenario(
-        data.x_train, data.y_train, data.x_test, data.y_test, n_experiences=5, seed=0
+        data.x_train,
+        data.y_train,
+        x_test=data.x_test,
+        y_test=data.y_test,
+        n_experiences=5,
+        seed=0,
     )
     config = TrainingConfig(
         seed=0
@@ -76,8 +81,8 @@ def test_joint_bound_trains_joint_epochs_and_the_first_experience_first_epochs()
     scenario = nc_scenario(
         data.x_train[keep],
         data.y_train[keep],
-        data.x_test[:40],
-        data.y_test[:40],
+        x_test=data.x_test[:40],
+        y_test=data.y_test[:40],
         n_experiences=5,
         seed=0,
     )

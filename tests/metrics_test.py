@@ -58,9 +58,9 @@ EXPECTED_EXPERIENCE_MATRIX = np.array(
 
 
 def filled(y_pred=Y_PRED):
-    acc = AccuracyMatrix(3, 6, EXPERIENCE_CLASSES)
+    acc = AccuracyMatrix(3, 6, experience_classes=EXPERIENCE_CLASSES)
     for i, pred in enumerate(y_pred):
-        acc.update(i, Y_TRUE, pred)
+        acc.update(Y_TRUE, pred, experience_index=i)
     return acc
 
 
@@ -100,19 +100,23 @@ def test_scores_are_argmaxed():
 
 
 def test_updates_accumulate_over_batches():
-    acc = AccuracyMatrix(3, 6, EXPERIENCE_CLASSES)
+    acc = AccuracyMatrix(3, 6, experience_classes=EXPERIENCE_CLASSES)
     for i, pred in enumerate(Y_PRED):
         for start in range(0, len(Y_TRUE), 5):
-            acc.update(i, Y_TRUE[start : start + 5], pred[start : start + 5])
-        acc.update(i, Y_TRUE[:0], pred[:0])  # an empty batch changes nothing
+            acc.update(
+                Y_TRUE[start : start + 5], pred[start : start + 5], experience_index=i
+            )
+        acc.update(
+            Y_TRUE[:0], pred[:0], experience_index=i
+        )  # an empty batch changes nothing
     assert_matches_hand_computed(acc)
 
 
 def test_unevaluated_entries_are_nan():
-    acc = AccuracyMatrix(3, 6, EXPERIENCE_CLASSES)
+    acc = AccuracyMatrix(3, 6, experience_classes=EXPERIENCE_CLASSES)
     assert np.isnan(acc.matrix).all()
     seen = np.isin(Y_TRUE, [0, 1])
-    acc.update(0, Y_TRUE[seen], Y_PRED[0][seen])  # seen classes only
+    acc.update(Y_TRUE[seen], Y_PRED[0][seen], experience_index=0)  # seen classes only
     np.testing.assert_allclose(acc.matrix[0, :2], [3 / 4, 1 / 2], rtol=RTOL)
     assert np.isnan(acc.matrix[0, 2:]).all() and np.isnan(acc.matrix[1:]).all()
     np.testing.assert_allclose(acc.accuracy_seen(0), 4 / 6, rtol=RTOL)
@@ -124,8 +128,8 @@ def test_unevaluated_entries_are_nan():
 
 
 def test_forgetting_when_nothing_can_be_forgotten():
-    single = AccuracyMatrix(1, 2, [(0, 1)])
-    single.update(0, [0, 1], [0, 0])
+    single = AccuracyMatrix(1, 2, experience_classes=[(0, 1)])
+    single.update([0, 1], [0, 0], experience_index=0)
     assert single.forgetting() == 0.0
     assert single.average_accuracy() == single.final_accuracy() == 0.5
 
@@ -133,17 +137,17 @@ def test_forgetting_when_nothing_can_be_forgotten():
 def test_ni_forgetting_counts_all_classes_from_the_first_experience():
     # NI: both experiences train both classes. Class 0: 1 -> 1/2 (forgets 1/2),
     # class 1: 0 -> 1 (improves, -1): mean (1/2 - 1) / 2 = -1/4.
-    acc = AccuracyMatrix(2, 2, [(0, 1), (0, 1)])
-    acc.update(0, [0, 0, 1, 1], [0, 0, 0, 0])
-    acc.update(1, [0, 0, 1, 1], [0, 1, 1, 1])
+    acc = AccuracyMatrix(2, 2, experience_classes=[(0, 1), (0, 1)])
+    acc.update([0, 0, 1, 1], [0, 0, 0, 0], experience_index=0)
+    acc.update([0, 0, 1, 1], [0, 1, 1, 1], experience_index=1)
     np.testing.assert_allclose(acc.forgetting(), -0.25, rtol=RTOL)
     np.testing.assert_allclose(acc.accuracy_seen(0), 0.5, rtol=RTOL)
 
 
 def test_to_dict_is_json_and_round_trips():
-    acc = AccuracyMatrix(3, 6, EXPERIENCE_CLASSES)
+    acc = AccuracyMatrix(3, 6, experience_classes=EXPERIENCE_CLASSES)
     for i in range(2):  # last experience not evaluated: NaN entries become None
-        acc.update(i, Y_TRUE, Y_PRED[i])
+        acc.update(Y_TRUE, Y_PRED[i], experience_index=i)
     summary = json.loads(json.dumps(acc.to_dict(), allow_nan=False))
     assert summary["matrix"][2] == [None] * 6 and summary["final_accuracy"] is None
     assert summary["experience_classes"] == [[0, 1], [2, 3], [4, 5]]
@@ -152,7 +156,7 @@ def test_to_dict_is_json_and_round_trips():
     assert summary["correct"][0] == [3, 1, 0, 2, 0, 0]
     restored = AccuracyMatrix.from_dict(summary)
     np.testing.assert_array_equal(restored.matrix, acc.matrix)
-    restored.update(2, Y_TRUE, Y_PRED[2])
+    restored.update(Y_TRUE, Y_PRED[2], experience_index=2)
     assert_matches_hand_computed(restored)
     bad = dict(summary, correct=np.tile(summary["total"][0], (3, 1)) + 1)
     with pytest.raises(ValueError, match="0 <= correct <= total"):
@@ -177,8 +181,9 @@ def test_to_dict_is_json_and_round_trips():
     ],
 )
 def test_constructor_rejects_bad_arguments(args, match):
+    n_experiences, num_classes, experience_classes = args
     with pytest.raises(ValueError, match=match):
-        AccuracyMatrix(*args)
+        AccuracyMatrix(n_experiences, num_classes, experience_classes=experience_classes)
 
 
 @pytest.mark.parametrize(
@@ -198,11 +203,11 @@ def test_constructor_rejects_bad_arguments(args, match):
     ],
 )
 def test_update_rejects_bad_inputs_and_keeps_state(index, y_true, y_pred, match):
-    acc = AccuracyMatrix(3, 6, EXPERIENCE_CLASSES)
-    acc.update(0, Y_TRUE, Y_PRED[0])
+    acc = AccuracyMatrix(3, 6, experience_classes=EXPERIENCE_CLASSES)
+    acc.update(Y_TRUE, Y_PRED[0], experience_index=0)
     before = acc.matrix
     with pytest.raises(ValueError, match=match):
-        acc.update(index, y_true, y_pred)
+        acc.update(y_true, y_pred, experience_index=index)
     np.testing.assert_array_equal(acc.matrix, before)  # NaN compare equal here
 
 

@@ -38,7 +38,7 @@ def test_pretrain_reaches_high_validation_accuracy_and_saves(digits16, tmp_path)
     x, y = digits16
     path = tmp_path / "bnn32_digits01.h5"
     backbone, metrics = pretrain(
-        "bnn32", x, y, classes=[0, 1], epochs=3, seed=0, out_path=path
+        x, y, name="bnn32", classes=[0, 1], epochs=3, seed=0, out_path=path
     )
     assert metrics["val_accuracy"] > MIN_VAL_ACCURACY
     assert metrics["train_accuracy"] > MIN_VAL_ACCURACY
@@ -58,7 +58,9 @@ def test_pretraining_is_seeded(digits16):
     x, y = digits16
     keep = np.flatnonzero(np.isin(y, [3, 8]))[:96]  # small: the seed matters, not size
     runs = [
-        pretrain("bnn32", x[keep], y[keep], epochs=2, batch_size=32, seed=3)[1]["history"]
+        pretrain(x[keep], y[keep], name="bnn32", epochs=2, batch_size=32, seed=3)[1][
+            "history"
+        ]
         for _ in range(2)
     ]
     # Same seed, same CPU kernels: the same numbers up to float summation order.
@@ -113,7 +115,9 @@ def test_bad_inputs_raise_and_leave_backbone_unchanged(digits16, small_backbone,
     kwargs = {"x": x, "y": y, **make_arguments(x, y)}
     before = [w.numpy() for w in small_backbone.weights]
     with pytest.raises(ValueError, match=message):
-        pretrain_backbone(small_backbone, kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+        pretrain_backbone(
+            kwargs.pop("x"), kwargs.pop("y"), backbone=small_backbone, **kwargs
+        )
     for old, new in zip(before, small_backbone.weights):
         np.testing.assert_array_equal(old, new.numpy())
 
@@ -127,25 +131,25 @@ def test_pretrain_checks_arguments_before_building(digits16, tmp_path, monkeypat
     monkeypatch.setattr(pretraining, "build_backbone", build_backbone)
     path = tmp_path / "weights.h5"
     with pytest.raises(ValueError, match="`epochs` is out of range"):
-        pretrain("bnn32", x, y, epochs=0, out_path=path)
+        pretrain(x, y, name="bnn32", epochs=0, out_path=path)
     with pytest.raises(ValueError, match="`y` holds a non-integer label"):
-        pretrain("bnn32", x, y + 0.5, out_path=path)
+        pretrain(x, y + 0.5, name="bnn32", out_path=path)
     with pytest.raises(TypeError, match="epoch"):
-        pretrain("bnn32", x, y, epoch=1, out_path=path)
+        pretrain(x, y, name="bnn32", epoch=1, out_path=path)
     assert not path.exists()
 
 
 def test_pixel_range_warning(digits16, small_backbone):
     x, y = digits16
     with pytest.warns(UserWarning, match=r"\[0, 1\]"), pytest.raises(ValueError):
-        pretrain_backbone(small_backbone, x * 16, y, epochs=0)
+        pretrain_backbone(x * 16, y, backbone=small_backbone, epochs=0)
 
 
 def test_frozen_backbone_raises(digits16, small_backbone):
     small_backbone.trainable = False
     try:
         with pytest.raises(ValueError, match="trainable"):
-            pretrain_backbone(small_backbone, *digits16)
+            pretrain_backbone(*digits16, backbone=small_backbone)
     finally:
         small_backbone.trainable = True
 
@@ -153,7 +157,7 @@ def test_frozen_backbone_raises(digits16, small_backbone):
 def test_backbone_built_outside_strategy_scope_raises(digits16, small_backbone):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with pytest.raises(ValueError, match=r"strategy.scope\(\)"):
-        pretrain_backbone(small_backbone, *digits16, strategy=strategy)
+        pretrain_backbone(*digits16, backbone=small_backbone, strategy=strategy)
 
 
 # Logical devices must be set before TensorFlow initializes its runtime: a fresh process.
@@ -175,7 +179,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent("""
     x = np.kron(data.images / 16.0, np.ones((2, 2)))[..., None].astype(np.float32)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     _, metrics = pretrain(
-        "bnn32", x, data.target, classes=[0, 1], epochs=2, seed=0, strategy=strategy
+        x, data.target, name="bnn32", classes=[0, 1], epochs=2, seed=0, strategy=strategy
     )
     metrics["strategy_replicas"] = strategy.num_replicas_in_sync
     print(json.dumps(metrics))

@@ -94,7 +94,7 @@ def _noise(shape, seed):
 
 
 def _snap(x, bits, low, high, **kwargs):
-    return snap_to_grid(tf.constant(x), bits, low, high, **kwargs).numpy()
+    return snap_to_grid(tf.constant(x), bits, low=low, high=high, **kwargs).numpy()
 
 
 @PROFILE
@@ -315,8 +315,8 @@ def _consolidate(kernel, consolidated, past_counts, class_counts):
     new, past = consolidate_kernel(
         tf.constant(kernel),
         tf.constant(consolidated),
-        tf.constant(past_counts),
-        tf.constant(class_counts),
+        past_counts=tf.constant(past_counts),
+        class_counts=tf.constant(class_counts),
     )
     assert new.dtype == tf.float32 and past.dtype == tf.int64
     return new.numpy(), past.numpy()
@@ -454,7 +454,11 @@ def test_an_experience_that_trains_nothing_changes_nothing(case, counts):
     present = current > 0
     first, past = _consolidate(kernel, consolidated, past, current)
     current = np.where(present, np.array(counts[: present.size], np.int64), 0)
-    reset = reset_kernel(tf.constant(first), tf.constant(past), tf.constant(current))
+    reset = reset_kernel(
+        tf.constant(first),
+        past_counts=tf.constant(past),
+        class_counts=tf.constant(current),
+    )
     shift = np.float32(kernel.flat[0])
     trained = np.where(present, reset.numpy() + shift, 0).astype(np.float32)
     second, _ = _consolidate(trained, first, past, current)
@@ -468,7 +472,11 @@ def test_an_experience_that_trains_nothing_changes_nothing(case, counts):
 @given(cwr_cases())
 def test_reset_restores_present_seen_classes_and_zeroes_the_rest(case):
     _, consolidated, past, current = case
-    reset = reset_kernel(tf.constant(consolidated), tf.constant(past), tf.constant(current))
+    reset = reset_kernel(
+        tf.constant(consolidated),
+        past_counts=tf.constant(past),
+        class_counts=tf.constant(current),
+    )
     assert reset.dtype == tf.float32
     reset = reset.numpy()
     restore = (current > 0) & (past > 0)

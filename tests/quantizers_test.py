@@ -81,7 +81,7 @@ def test_paper_grid_hand_computed_two_bits():
 def test_zero_stays_exactly_zero(bits, low, high):
     x = tf.constant([0.0, -0.0, 0.5 * low])
     for noise in (None, tf.constant([0.999, 0.5, 0.0])):
-        q = snap_to_grid(x, bits, low, high, noise=noise).numpy()
+        q = snap_to_grid(x, bits, low=low, high=high, noise=noise).numpy()
         assert q[0] == 0.0 and q[1] == 0.0
     assert fake_quantize(x, bits, min_value=low, max_value=high).numpy()[0] == 0.0
 

@@ -49,8 +49,8 @@ def assert_partition(scenario, n_samples):
 
 def test_nc_class_order_is_the_seeded_permutation(digits_split):
     x, x_test, y, y_test = digits_split
-    first = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=3)
-    again = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=3)
+    first = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=3)
+    again = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=3)
     expected = tuple(int(c) for c in np.random.default_rng(3).permutation(10))
     assert first.class_order == again.class_order == expected
     for a, b in zip(first, again):
@@ -58,7 +58,7 @@ def test_nc_class_order_is_the_seeded_permutation(digits_split):
         np.testing.assert_array_equal(a.x_train, b.x_train)
         np.testing.assert_array_equal(a.y_train, b.y_train)
     orders = {
-        nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=s).class_order
+        nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=s).class_order
         for s in range(5)
     }
     assert len(orders) == 5  # different seeds, different orders
@@ -66,7 +66,7 @@ def test_nc_class_order_is_the_seeded_permutation(digits_split):
 
 def test_nc_experiences_split_classes_and_samples(digits_split):
     x, x_test, y, y_test = digits_split
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=1)
+    scenario = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=1)
     assert scenario.name == "nc" and len(scenario) == 5 and scenario.num_classes == 10
     order = scenario.class_order
     seen = []
@@ -92,7 +92,7 @@ def test_nc_experiences_split_classes_and_samples(digits_split):
 
 def test_nc_experiences_are_disjoint_and_cover_the_data():
     x, y, x_test, y_test = indexed_data(per_class=7)
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=0)
+    scenario = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=0)
     assert_partition(scenario, len(y))
     for experience in scenario:
         # Each sample keeps its own label: x[:, 1] holds the original label.
@@ -106,19 +106,29 @@ def test_nc_experiences_are_disjoint_and_cover_the_data():
 def test_nc_first_experience_classes():
     x, y, x_test, y_test = indexed_data(per_class=3)
     scenario = nc_scenario(
-        x, y, x_test, y_test, n_experiences=4, seed=2, first_experience_classes=4
+        x,
+        y,
+        x_test=x_test,
+        y_test=y_test,
+        n_experiences=4,
+        seed=2,
+        first_experience_classes=4,
     )
     assert [len(e.classes) for e in scenario] == [4, 2, 2, 2]
     assert scenario[0].classes == tuple(sorted(scenario.class_order[:4]))
     assert_partition(scenario, len(y))
-    single = nc_scenario(x, y, x_test, y_test, n_experiences=1, first_experience_classes=10)
+    single = nc_scenario(
+        x, y, x_test=x_test, y_test=y_test, n_experiences=1, first_experience_classes=10
+    )
     assert single[0].classes == tuple(range(10))
 
 
 def test_nc_explicit_class_order_is_used():
     x, y, x_test, y_test = indexed_data(per_class=3)
     order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=4, class_order=order)
+    scenario = nc_scenario(
+        x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=4, class_order=order
+    )
     assert scenario.class_order == tuple(order)
     assert [e.classes for e in scenario] == [(8, 9), (6, 7), (4, 5), (2, 3), (0, 1)]
 
@@ -126,7 +136,9 @@ def test_nc_explicit_class_order_is_used():
 def test_seen_classes_accumulate():
     x, y, x_test, y_test = indexed_data(per_class=3)
     order = [3, 1, 4, 0, 5, 9, 2, 6, 8, 7]
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, class_order=order)
+    scenario = nc_scenario(
+        x, y, x_test=x_test, y_test=y_test, n_experiences=5, class_order=order
+    )
     assert scenario.seen_classes(0) == (1, 3)
     assert scenario.seen_classes(1) == (0, 1, 3, 4)
     assert scenario.seen_classes(4) == tuple(range(10))
@@ -141,7 +153,7 @@ def test_seen_classes_accumulate():
 def test_ni_cifar10_sizes():
     # METHOD §1: CIFAR-10 NI has 10 experiences of 500 images per class.
     x, y, x_test, y_test = indexed_data(per_class=5000)
-    scenario = ni_scenario(x, y, x_test, y_test, n_experiences=10, seed=0)
+    scenario = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=10, seed=0)
     assert scenario.name == "ni" and scenario.class_order == tuple(range(10))
     for experience in scenario:
         assert experience.classes == tuple(range(10))
@@ -151,7 +163,7 @@ def test_ni_cifar10_sizes():
 
 def test_ni_uneven_counts_differ_by_at_most_one(digits_split):
     x, x_test, y, y_test = digits_split
-    scenario = ni_scenario(x, y, x_test, y_test, n_experiences=4, seed=5)
+    scenario = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=4, seed=5)
     counts = np.stack([e.class_counts for e in scenario])  # (experiences, classes)
     assert all(e.classes == tuple(range(10)) for e in scenario)
     np.testing.assert_array_equal(counts.sum(axis=0), np.bincount(y))
@@ -160,9 +172,9 @@ def test_ni_uneven_counts_differ_by_at_most_one(digits_split):
 
 def test_ni_is_seeded_and_disjoint():
     x, y, x_test, y_test = indexed_data(per_class=30)
-    first = ni_scenario(x, y, x_test, y_test, n_experiences=3, seed=7)
-    again = ni_scenario(x, y, x_test, y_test, n_experiences=3, seed=7)
-    other = ni_scenario(x, y, x_test, y_test, n_experiences=3, seed=8)
+    first = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=3, seed=7)
+    again = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=3, seed=7)
+    other = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=3, seed=8)
     assert_partition(first, len(y))
     for a, b in zip(first, again):
         np.testing.assert_array_equal(ids(a), ids(b))
@@ -176,7 +188,7 @@ def test_ni_is_seeded_and_disjoint():
 
 def test_scenario_is_a_sequence():
     x, y, x_test, y_test = indexed_data(per_class=3)
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5)
+    scenario = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5)
     assert len(scenario) == 5
     assert list(scenario) == list(scenario.experiences)
     assert scenario[-1] is scenario.experiences[4]
@@ -187,7 +199,9 @@ def test_scenario_is_a_sequence():
 
 def test_joint_experience_holds_all_training_data():
     x, y, x_test, y_test = indexed_data(per_class=4)
-    joint = nc_scenario(x, y, x_test, y_test, n_experiences=5).joint_experience()
+    joint = nc_scenario(
+        x, y, x_test=x_test, y_test=y_test, n_experiences=5
+    ).joint_experience()
     assert joint.index == 0 and joint.classes == tuple(range(10)) and len(joint) == len(y)
     np.testing.assert_array_equal(np.sort(ids(joint)), np.arange(len(y)))
     np.testing.assert_array_equal(joint.class_counts, np.bincount(y))
@@ -197,19 +211,42 @@ def test_make_scenario_dispatches_and_forwards_kwargs():
     x, y, x_test, y_test = indexed_data(per_class=3)
     assert SCENARIO_NAMES == ("nc", "ni")
     nc = make_scenario(
-        "nc", x, y, x_test, y_test, n_experiences=3, seed=6, first_experience_classes=4
+        x,
+        y,
+        name="nc",
+        x_test=x_test,
+        y_test=y_test,
+        n_experiences=3,
+        seed=6,
+        first_experience_classes=4,
     )
     direct = nc_scenario(
-        x, y, x_test, y_test, n_experiences=3, seed=6, first_experience_classes=4
+        x,
+        y,
+        x_test=x_test,
+        y_test=y_test,
+        n_experiences=3,
+        seed=6,
+        first_experience_classes=4,
     )
     assert nc.class_order == direct.class_order
     assert [e.classes for e in nc] == [e.classes for e in direct]
-    ni = make_scenario("ni", x, y, x_test, y_test, n_experiences=3, seed=6)
+    ni = make_scenario(
+        x, y, name="ni", x_test=x_test, y_test=y_test, n_experiences=3, seed=6
+    )
     assert ni.name == "ni" and len(ni) == 3
     with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
-        make_scenario("nic", x, y, x_test, y_test, n_experiences=3)
+        make_scenario(x, y, name="nic", x_test=x_test, y_test=y_test, n_experiences=3)
     with pytest.raises(TypeError):
-        make_scenario("ni", x, y, x_test, y_test, n_experiences=3, class_order=range(10))
+        make_scenario(
+            x,
+            y,
+            name="ni",
+            x_test=x_test,
+            y_test=y_test,
+            n_experiences=3,
+            class_order=range(10),
+        )
 
 
 def test_dtypes_are_converted_without_float64():
@@ -217,8 +254,8 @@ def test_dtypes_are_converted_without_float64():
     scenario = nc_scenario(
         x.astype(np.float64),
         y.astype(np.int64)[:, None],  # (n, 1) labels as Keras datasets give them
-        x_test.astype(np.uint8),
-        y_test.astype(np.float64),  # integral floats are labels too
+        x_test=x_test.astype(np.uint8),
+        y_test=y_test.astype(np.float64),  # integral floats are labels too
         n_experiences=2,
     )
     for array in [scenario.x_test, *(e.x_train for e in scenario)]:
@@ -233,7 +270,7 @@ def test_dtypes_are_converted_without_float64():
 
 def test_split_validation_is_stratified_disjoint_and_seeded():
     x, y, x_test, y_test = indexed_data(per_class=20)
-    experience = nc_scenario(x, y, x_test, y_test, n_experiences=2, seed=0)[1]
+    experience = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=2, seed=0)[1]
     train, (x_val, y_val) = experience.split_validation(0.25, seed=1)
     assert train.index == 1 and train.classes == experience.classes
     assert train.num_classes == 10 and x_val.dtype == np.float32 and y_val.dtype == np.int32
@@ -257,7 +294,13 @@ def test_split_validation_is_stratified_disjoint_and_seeded():
 
 def test_split_validation_keeps_one_training_sample_per_class():
     x = np.arange(6, dtype=np.float32)[:, None]
-    experience = Experience(0, (0, 1), x, np.array([0, 0, 0, 0, 1, 1], np.int32), 2)
+    experience = Experience(
+        index=0,
+        classes=(0, 1),
+        x_train=x,
+        y_train=np.array([0, 0, 0, 0, 1, 1], np.int32),
+        num_classes=2,
+    )
     train, (_, y_val) = experience.split_validation(0.9)
     np.testing.assert_array_equal(train.class_counts, [1, 1])
     np.testing.assert_array_equal(np.bincount(y_val), [3, 1])
@@ -266,14 +309,14 @@ def test_split_validation_keeps_one_training_sample_per_class():
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5, "0.5", True])
 def test_split_validation_rejects_bad_fraction(fraction):
     x, y, x_test, y_test = indexed_data(per_class=5)
-    experience = ni_scenario(x, y, x_test, y_test, n_experiences=1)[0]
+    experience = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=1)[0]
     with pytest.raises(ValueError, match="`fraction`"):
         experience.split_validation(fraction)
 
 
 def test_split_validation_rejects_empty_validation():
     x, y, x_test, y_test = indexed_data(per_class=5)
-    experience = ni_scenario(x, y, x_test, y_test, n_experiences=1)[0]
+    experience = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=1)[0]
     with pytest.raises(ValueError, match="`fraction` holds out no sample.*got 0.01"):
         experience.split_validation(0.01)
 
@@ -283,7 +326,7 @@ def test_split_validation_rejects_empty_validation():
 
 def test_train_dataset_batches(digits_split):
     x, x_test, y, y_test = digits_split
-    experience = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=0)[0]
+    experience = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=0)[0]
     n = len(experience)
     dataset = experience.train_dataset(32, shuffle=False)
     batches = list(dataset)
@@ -303,7 +346,7 @@ def test_train_dataset_batches(digits_split):
 
 def test_train_dataset_shuffle_is_seeded_and_reshuffles():
     x, y, x_test, y_test = indexed_data(per_class=20)
-    experience = ni_scenario(x, y, x_test, y_test, n_experiences=1)[0]
+    experience = ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=1)[0]
 
     def epoch(dataset):
         xs, ys = zip(*[(xb.numpy(), yb.numpy()) for xb, yb in dataset])
@@ -321,7 +364,7 @@ def test_train_dataset_shuffle_is_seeded_and_reshuffles():
 
 def test_test_dataset_restricts_to_classes(digits_split):
     x, x_test, y, y_test = digits_split
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=5, seed=0)
+    scenario = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=5, seed=0)
     seen = scenario.seen_classes(1)
     batches = list(scenario.test_dataset(50, classes=seen))
     xs = np.concatenate([xb.numpy() for xb, _ in batches])
@@ -336,7 +379,7 @@ def test_test_dataset_restricts_to_classes(digits_split):
 
 def test_dataset_arguments_are_validated():
     x, y, x_test, y_test = indexed_data(per_class=3, n_test=5)  # test classes 0..4
-    scenario = nc_scenario(x, y, x_test, y_test, n_experiences=2)
+    scenario = nc_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=2)
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="`batch_size`"):
             scenario[0].train_dataset(bad)
@@ -444,25 +487,50 @@ def test_ni_rejects_more_experiences_than_samples_per_class():
     with pytest.raises(
         ValueError, match="`n_experiences` exceeds the 3 training samples.*got 4"
     ):
-        ni_scenario(x, y, x_test, y_test, n_experiences=4)
+        ni_scenario(x, y, x_test=x_test, y_test=y_test, n_experiences=4)
 
 
 def test_experience_and_scenario_check_their_fields():
     x = np.zeros((3, 2), np.float32)
     y = np.array([0, 2, 2], np.int32)
-    assert Experience(0, (0, 2), x, y, 3).class_counts.tolist() == [1, 0, 2]
+    assert Experience(
+        index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=3
+    ).class_counts.tolist() == [1, 0, 2]
     with pytest.raises(ValueError, match=r"`classes` .*got \(0, 1\)"):
-        Experience(0, (0, 1), x, y, 3)
+        Experience(index=0, classes=(0, 1), x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match="`x_train` is not a numpy float32 array"):
-        Experience(0, (0, 2), x.astype(np.float64), y, 3)
+        Experience(
+            index=0, classes=(0, 2), x_train=x.astype(np.float64), y_train=y, num_classes=3
+        )
     with pytest.raises(ValueError, match="`y_train` is empty"):
-        Experience(0, (), x[:0], y[:0], 3)
+        Experience(index=0, classes=(), x_train=x[:0], y_train=y[:0], num_classes=3)
     with pytest.raises(ValueError, match="num_classes=2"):
-        Experience(0, (0, 2), x, y, 2)
-    experience = Experience(0, (0, 2), x, y, 3)
+        Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=2)
+    experience = Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=3)
     with pytest.raises(ValueError, match=r"`experiences\[0\]` does not fit.*got index=0"):
-        Scenario("nc", (experience,), x, y, 4, (0, 1, 2, 3))
+        Scenario(
+            name="nc",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=4,
+            class_order=(0, 1, 2, 3),
+        )
     with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
-        Scenario("nic", (experience,), x, y, 3, (0, 1, 2))
+        Scenario(
+            name="nic",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=3,
+            class_order=(0, 1, 2),
+        )
     with pytest.raises(ValueError, match="not a permutation"):
-        Scenario("nc", (experience,), x, y, 3, (0, 1, 1))
+        Scenario(
+            name="nc",
+            experiences=(experience,),
+            x_test=x,
+            y_test=y,
+            num_classes=3,
+            class_order=(0, 1, 1),
+        )

@@ -23,7 +23,7 @@ PathLike = Union[str, os.PathLike]
 Arrays = Dict[str, np.ndarray]
 
 
-@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)
 class ImageDataset:
     """A train/test split of an image classification data set.
 
