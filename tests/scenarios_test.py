@@ -1,5 +1,7 @@
 """Tests for larq_cwr.scenarios: NC / NI streams, validation splits, tf.data pipelines."""
 
+import functools
+
 import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
@@ -507,30 +509,10 @@ def test_experience_and_scenario_check_their_fields():
     with pytest.raises(ValueError, match="num_classes=2"):
         Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=2)
     experience = Experience(index=0, classes=(0, 2), x_train=x, y_train=y, num_classes=3)
+    scenario = functools.partial(Scenario, experiences=(experience,), x_test=x, y_test=y)
     with pytest.raises(ValueError, match=r"`experiences\[0\]` does not fit.*got index=0"):
-        Scenario(
-            name="nc",
-            experiences=(experience,),
-            x_test=x,
-            y_test=y,
-            num_classes=4,
-            class_order=(0, 1, 2, 3),
-        )
+        scenario(name="nc", num_classes=4, class_order=(0, 1, 2, 3))
     with pytest.raises(ValueError, match="`name` must be one of .*got 'nic'"):
-        Scenario(
-            name="nic",
-            experiences=(experience,),
-            x_test=x,
-            y_test=y,
-            num_classes=3,
-            class_order=(0, 1, 2),
-        )
+        scenario(name="nic", num_classes=3, class_order=(0, 1, 2))
     with pytest.raises(ValueError, match="not a permutation"):
-        Scenario(
-            name="nc",
-            experiences=(experience,),
-            x_test=x,
-            y_test=y,
-            num_classes=3,
-            class_order=(0, 1, 1),
-        )
+        scenario(name="nc", num_classes=3, class_order=(0, 1, 1))
