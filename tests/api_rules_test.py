@@ -65,17 +65,18 @@ def _dataclass_call(node: ast.ClassDef) -> ast.expr | None:
     return None
 
 
-def _keyword_is_true(call: ast.expr, name: str) -> bool:
+def _keyword_constant(call: ast.expr, name: str):
+    """The constant a call passes as keyword `name` (None if it passes none)."""
     keywords = call.keywords if isinstance(call, ast.Call) else []
-    return any(
-        k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is True
-        for k in keywords
-    )
+    for k in keywords:
+        if k.arg == name and isinstance(k.value, ast.Constant):
+            return k.value.value
+    return None
 
 
 def _positional_fields(node: ast.ClassDef, decorator: ast.expr) -> list[str]:
     """Fields a dataclass's `__init__` takes positionally."""
-    if _keyword_is_true(decorator, "kw_only"):
+    if _keyword_constant(decorator, "kw_only") is True:
         return []
     fields = []
     for statement in node.body:
@@ -93,14 +94,9 @@ def _positional_fields(node: ast.ClassDef, decorator: ast.expr) -> list[str]:
             isinstance(value, ast.Call)
             and getattr(value.func, "attr", getattr(value.func, "id", None)) == "field"
         ):
-            if _keyword_is_true(value, "kw_only"):
+            if _keyword_constant(value, "kw_only") is True:
                 continue
-            if any(
-                k.arg == "init"
-                and isinstance(k.value, ast.Constant)
-                and k.value.value is False
-                for k in value.keywords
-            ):
+            if _keyword_constant(value, "init") is False:
                 continue
         fields.append(statement.target.id)
     return fields
