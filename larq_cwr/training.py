@@ -203,6 +203,16 @@ def hybrid_sgd_step(
     return HybridStepResult(updated, logits, probabilities, backward)
 
 
+def _all_finite(values: Any) -> tf.Tensor:
+    """Whether every floating-point tensor in ``values`` (a nest) is finite."""
+    checks = [
+        tf.reduce_all(tf.math.is_finite(t))
+        for t in tf.nest.flatten(values)
+        if tf.as_dtype(t.dtype).is_floating
+    ]
+    return tf.reduce_all(checks) if checks else tf.constant(True)
+
+
 def _widened(value_range: tf.Tensor, tensor: tf.Tensor) -> tf.Tensor:
     """``(min, max)`` of ``value_range`` and of ``tensor``'s values together."""
     return tf.stack(
@@ -516,8 +526,8 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
         Raises:
             RuntimeError: The model is not compiled.
-            ValueError: No labels, no data, or non-finite features or gradients; the
-                previous ranges are then kept.
+            ValueError: No labels, no data, or non-finite inputs, features or
+                gradients; the previous ranges are then kept.
         """
         if getattr(self, "optimizer", None) is None:
             raise RuntimeError(
@@ -536,8 +546,8 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         ranges = np.array([[f_low, f_high], [d_low / batch, d_high / batch]])
         if not np.all(np.isfinite(ranges)):
             raise ValueError(
-                "`calibrate` saw no data or non-finite features/gradients; the ranges "
-                "are unchanged."
+                "`calibrate` saw no data or non-finite inputs, features or gradients; "
+                "the ranges are unchanged."
             )
         self._feature_range.assign(ranges[0])
         self._gradient_range.assign(ranges[1])
@@ -563,7 +573,15 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         features = self._feature_model(x, training=False)
         difference = logit_difference(tf.nn.softmax(self.head(features)), y)
         ranges = self._pass_ranges
-        ranges.assign([_widened(ranges[0], features), _widened(ranges[1], difference)])
+        widened = tf.stack([_widened(ranges[0], features), _widened(ranges[1], difference)])
+        # Non-finite data leaves NaN ranges for `calibrate` to refuse. The inputs are
+        # checked too: a ReLU can map a NaN input to 0 (oneDNN on some CPUs), and NaN
+        # must stay once seen, whatever `tf.minimum` does with it.
+        finite = tf.reduce_all(
+            [_all_finite(t) for t in (x, features, difference)]
+            + [tf.logical_not(tf.reduce_any(tf.math.is_nan(ranges)))]
+        )
+        ranges.assign(tf.where(finite, widened, tf.fill(tf.shape(widened), np.nan)))
         self._pass_batch.assign(tf.maximum(self._pass_batch, tf.shape(difference)[0]))
         return {}
 

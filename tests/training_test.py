@@ -229,6 +229,34 @@ def test_calibrate_errors_keep_the_ranges():
         uncompiled.calibrate(x, y)
 
 
+class _ZeroNaN(tf.keras.layers.Layer):
+    """Maps NaN to 0, as a oneDNN ReLU does on some CPUs."""
+
+    def call(self, inputs):
+        return tf.where(tf.math.is_nan(inputs), tf.zeros_like(inputs), inputs)
+
+
+def test_calibrate_refuses_nan_inputs_that_the_network_hides():
+    x, y = _data()
+    inputs = tf.keras.Input((5,))
+    features = tf.keras.layers.Dense(FEATURES, name="backbone")(_ZeroNaN()(inputs))
+    model = HybridQuantizedTrainStep(
+        inputs, CWRStarHead(CLASSES, name="head")(features), forward_bits=8, update_bits=16
+    )
+    model.compile(
+        tf.keras.optimizers.SGD(LEARNING_RATE),
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.calibrate(x, y)
+    before = model.get_weights()
+    x_bad = x.copy()
+    x_bad[40, 2] = np.nan  # in the second batch of 32: NaN must stay once seen
+    with pytest.raises(ValueError, match="non-finite inputs"):
+        model.calibrate(x_bad, y)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
 def test_the_head_decides_the_phase():
     x, y = _data(80)
     model = _hybrid_model()
