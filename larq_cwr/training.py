@@ -574,9 +574,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         difference = logit_difference(tf.nn.softmax(self.head(features)), y)
         ranges = self._pass_ranges
         widened = tf.stack([_widened(ranges[0], features), _widened(ranges[1], difference)])
-        # Non-finite data leaves NaN ranges for `calibrate` to refuse. The inputs are
-        # checked too: a ReLU can map a NaN input to 0 (oneDNN on some CPUs), and NaN
-        # must stay once seen, whatever `tf.minimum` does with it.
+        # Non-finite data leaves NaN ranges for `calibrate` to refuse, checked outright:
+        # TensorFlow's CPU min/max reductions can skip a NaN (a NaN feature left a
+        # batch's range finite here), and a layer can map a NaN input to a finite one.
         finite = tf.reduce_all(
             [_all_finite(t) for t in (x, features, difference)]
             + [tf.logical_not(tf.reduce_any(tf.math.is_nan(ranges)))]

@@ -230,7 +230,7 @@ def test_calibrate_errors_keep_the_ranges():
 
 
 class _ZeroNaN(tf.keras.layers.Layer):
-    """Maps NaN to 0, as a oneDNN ReLU does on some CPUs."""
+    """Hides NaN inputs: maps them to 0."""
 
     def call(self, inputs):
         return tf.where(tf.math.is_nan(inputs), tf.zeros_like(inputs), inputs)
