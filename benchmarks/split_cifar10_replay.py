@@ -10,7 +10,8 @@ later experiences from that same network (SGD, batch 50 new + 128 replayed):
   + 1-bit replay of 32N patterns (the same pattern bytes as float32: the follow-up's
   argument), blocks frozen; plain fine-tuning + the same 1-bit 32N memory;
 - CWR* 8/16 + 1-bit 32N replay with the blocks above the latent layer trained by
-  quantized back-prop, gradients at q_b = 16 and 8 bits (METHOD §5);
+  quantized back-prop, gradients at q_b = 16 and 8 bits (METHOD §5), and the same with
+  plain fine-tuning instead of CWR*;
 - joint training of the whole network on all the stream's training parts (upper
   bound).
 
@@ -23,6 +24,11 @@ to head-only CWR* (the same number of steps, so the step-time ratio). Results:
 table in `docs/replay.md`.
 
     python benchmarks/split_cifar10_replay.py [--seeds 0 1 2]
+
+`--large-memory M` sets the large 1-bit memory to M patterns instead of 32N; `--rows
+NAME ...` computes only the rows named (the joint bound always), e.g. one split lower:
+`--trainable-blocks 4 --block-learning-rate 0.05 --backward-bits 16 --rows
+finetune_8_16_replay-1bit-9600_blocks-qb16 --doc docs/other.md`.
 
 Skips (exit 0) when the CIFAR-10 data is absent.
 """
@@ -51,29 +57,52 @@ HEAD_ONLY = "cwr_8_16"
 JOINT_TARGET = 0.85  # issue 9: CWR* + 1-bit replay at >= 85% of joint
 FLOAT_GAP_TARGET = 0.01  # ... and within 1 pp of float32 replay (same patterns)
 PARTS = default_cache_dir() / "benchmarks" / "split_cifar10_replay"
+ROW_CHOICES = ("backward_bits", "large_memory", "rows")  # settings that only pick rows
 
 
-def variants(size: int, backward_bits: tuple[int, ...]) -> tuple[Variant, ...]:
-    same_bytes = 32 * size  # 1 bit per value instead of 32
-    trained = tuple(
-        Variant.cwr(
-            8,
-            16,
-            replay="1bit",
-            replay_size=same_bytes,
-            train_blocks=True,
-            backward_bits=bits,
+def variants(
+    size: int, backward_bits: tuple[int, ...], *, large: int | None = None
+) -> tuple[Variant, ...]:
+    """Every row, in table order. ``large`` is the big 1-bit memory's patterns (default
+    ``32 * size``: the same pattern bytes as float32 replay of ``size``)."""
+    large = large or 32 * size  # 1 bit per value instead of 32
+    trained = {
+        strategy: tuple(
+            getattr(Variant, strategy)(
+                8,
+                16,
+                replay="1bit",
+                replay_size=large,
+                train_blocks=True,
+                backward_bits=bits,
+            )
+            for bits in backward_bits
         )
-        for bits in backward_bits
-    )
+        for strategy in ("cwr", "finetune")
+    }
     return (
         Variant.cwr(8, 16),
         Variant.cwr(8, 16, replay="float32", replay_size=size),
         Variant.cwr(8, 16, replay="1bit", replay_size=size),
-        Variant.cwr(8, 16, replay="1bit", replay_size=same_bytes),
-        *trained,
-        Variant.finetune(8, 16, replay="1bit", replay_size=same_bytes),
+        Variant.cwr(8, 16, replay="1bit", replay_size=large),
+        *trained["cwr"],
+        Variant.finetune(8, 16, replay="1bit", replay_size=large),
+        *trained["finetune"],
     )
+
+
+def selected(args) -> tuple[Variant, ...]:
+    """The rows this run computes: ``--rows`` (table order), or every row."""
+    every = variants(args.replay_size, tuple(args.backward_bits), large=args.large_memory)
+    if not args.rows:
+        return every
+    unknown = sorted(set(args.rows) - {v.name for v in every})
+    if unknown:
+        raise ValueError(
+            f"unknown rows {', '.join(unknown)}; with these settings the rows are "
+            f"{', '.join(v.name for v in every)}"
+        )
+    return tuple(v for v in every if v.name in args.rows)
 
 
 def run_seed(data, seed: int, args, settings: dict) -> dict:
@@ -99,7 +128,7 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
     # cached on their own (user cache, same code and settings), so an interrupted run
     # resumes at the first part it has not finished. Order: the frozen CWR* rows
     # (minutes each), the joint bound, then the slow rows (trained blocks, fine-tuning).
-    every = variants(args.replay_size, tuple(args.backward_bits))
+    every = selected(args)
     fast = [v for v in every if v.strategy == "cwr" and not v.train_blocks]
 
     def run(variant):
@@ -134,10 +163,11 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
 
 def cached_part(seed: int, settings: dict, *, name: str, label: str, compute) -> dict:
     """One part of a seed (a variant or the joint bound) through `common.cached`, in
-    `PARTS/seed<seed>/<name>.json`. Its key is the run's settings but the list of
-    gradient bits (each trained-block variant's own bits are in its label), so a run
-    with fewer bits reuses the parts of a longer one and the reverse."""
-    key = {k: v for k, v in settings.items() if k != "backward_bits"}
+    `PARTS/seed<seed>/<name>.json`. Its key is the run's settings but those that only
+    choose rows (the gradient bits, the large memory's size and ``--rows``: each
+    variant's own bits and size are in its label), so a run of fewer rows reuses the
+    parts of a longer one and the reverse."""
+    key = {k: v for k, v in settings.items() if k not in ROW_CHOICES}
     return common.cached(
         PARTS / f"seed{seed}" / f"{name}.json",
         key | {"seed": seed, "variant": label},
@@ -176,9 +206,7 @@ def finished_parts(seed: int, settings: dict, args) -> dict:
     """A seed's record from the parts already computed with the same code and settings
     (``--finished-only``: nothing is trained; a missing part is left out). The lookup
     is `cached_part`, as in `run_seed`."""
-    labels = {"joint": "joint"} | {
-        v.name: repr(v) for v in variants(args.replay_size, tuple(args.backward_bits))
-    }
+    labels = {"joint": "joint"} | {v.name: repr(v) for v in selected(args)}
     record = {"seed": seed, "variants": {}, "joint": None}
     for name, label in labels.items():
         try:
@@ -281,6 +309,20 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=0.04)
     parser.add_argument("--block-learning-rate", type=float, default=0.009)
     parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
+    parser.add_argument(
+        "--large-memory",
+        type=int,
+        default=None,
+        help="patterns of the large 1-bit memory (default 32x --replay-size: the bytes "
+        "of float32 replay of --replay-size)",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="compute and tabulate only these rows (names as in the table), not all",
+    )
     parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
     parser.add_argument("--doc", type=pathlib.Path, default=common.DOCS / "replay.md")
     parser.add_argument(
@@ -289,6 +331,10 @@ def main(argv=None) -> int:
         help="tabulate the parts already computed (same code and settings), train none",
     )
     args = parser.parse_args(argv)
+    try:
+        selected(args)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.data.exists():
         print(f"split_cifar10_replay: skipped, no CIFAR-10 data at {args.data}")
@@ -312,7 +358,7 @@ def main(argv=None) -> int:
             )
             for seed in args.seeds
         ]
-    names = [v.name for v in variants(args.replay_size, tuple(args.backward_bits))]
+    names = [v.name for v in selected(args)]
     text, summary = table(records, names)
     meta = common.run_meta(start)
     size = args.replay_size
