@@ -31,10 +31,13 @@ from larq_cwr.backbones import BINARY_CLIP, rerun_graph
 from larq_cwr.quantizers import DEFAULT_GRID, snap_to_grid
 
 __all__ = [
+    "BLOCK_OPTIMIZERS",
     "DEFAULT_LATENT_WEIGHT_BITS",
     "LATENT_WEIGHT_ROUNDING",
     "BlockStack",
     "binary_kernels",
+    "block_optimizer_directions",
+    "block_optimizer_slot_count",
     "latent_weight_grid",
     "quantize_activation",
     "stochastic_latent_update",
@@ -43,6 +46,13 @@ __all__ = [
 
 DEFAULT_LATENT_WEIGHT_BITS = 8  # METHOD §5: binary latent weights stored with 8 bits
 LATENT_WEIGHT_ROUNDING = ("nearest", "stochastic")
+# How the trainable blocks turn gradients into steps: METHOD §5's plain SGD, SGD with
+# (heavy-ball) momentum, or Adam; the hyper-parameters are Keras' defaults.
+BLOCK_OPTIMIZERS = ("sgd", "momentum", "adam")
+BLOCK_MOMENTUM = 0.9
+ADAM_BETA_1 = 0.9
+ADAM_BETA_2 = 0.999
+ADAM_EPSILON = 1e-7
 
 
 def _own_range(tensor: tf.Tensor, bits: int, grid: str) -> tf.Tensor:
@@ -179,6 +189,55 @@ def _latent_step(bits: int) -> tuple[float, float]:
 
 def _latent_level(k: tf.Tensor, step: float, half: float) -> tf.Tensor:
     return (tf.clip_by_value(k, -half, half - 1.0) + 0.5) * step
+
+
+def block_optimizer_slot_count(optimizer: str) -> int:
+    """Float state tensors ``optimizer`` keeps per trained variable (0, 1 or 2)."""
+    return BLOCK_OPTIMIZERS.index(optimizer)
+
+
+def block_optimizer_directions(
+    gradients: Sequence[tf.Tensor | None],
+    slots: Sequence[Sequence[tf.Variable]],
+    *,
+    optimizer: str,
+    step: tf.Tensor | int,
+) -> list[tf.Tensor | None]:
+    """Step directions of the blocks' optimizer: each variable moves by ``-lr * d``.
+
+    - ``"sgd"``: ``d = g``;
+    - ``"momentum"``: ``m = 0.9 m + g``, ``d = m`` (Keras' SGD with momentum 0.9);
+    - ``"adam"``: ``m = 0.9 m + 0.1 g``, ``v = 0.999 v + 0.001 g^2``,
+      ``d = m / (sqrt(v) + 1e-7) * sqrt(1 - 0.999^t) / (1 - 0.9^t)`` with ``t = step``
+      (Keras' Adam).
+
+    Args:
+        gradients: Gradients of the trained variables (None: not updated, its slots
+            unchanged).
+        slots: Per variable, its ``block_optimizer_slot_count(optimizer)`` state
+            variables (``m``, then ``v``), updated in place.
+        optimizer: One of ``BLOCK_OPTIMIZERS``.
+        step: This update's number, counting from 1 (Adam's bias correction).
+
+    Returns:
+        The directions, None where the gradient is None.
+    """
+    directions: list[tf.Tensor | None] = []
+    for gradient, state in zip(gradients, slots):
+        if gradient is None or optimizer == "sgd":
+            directions.append(gradient)
+        elif optimizer == "momentum":
+            (velocity,) = state
+            velocity.assign(BLOCK_MOMENTUM * velocity + gradient)
+            directions.append(tf.identity(velocity))
+        else:
+            first, second = state
+            first.assign(ADAM_BETA_1 * first + (1.0 - ADAM_BETA_1) * gradient)
+            second.assign(ADAM_BETA_2 * second + (1.0 - ADAM_BETA_2) * tf.square(gradient))
+            t = tf.cast(step, gradient.dtype)
+            correction = tf.sqrt(1.0 - ADAM_BETA_2**t) / (1.0 - ADAM_BETA_1**t)
+            directions.append(correction * first / (tf.sqrt(second) + ADAM_EPSILON))
+    return directions
 
 
 def update_block_weights(

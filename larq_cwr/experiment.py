@@ -31,6 +31,7 @@ from larq_cwr.backbones import (
     build_backbone,
     split_backbone,
 )
+from larq_cwr.backprop import BLOCK_OPTIMIZERS
 from larq_cwr.callbacks import CWRStar, freeze_all_but
 from larq_cwr.checkpoint import RunCheckpoint
 from larq_cwr.head import CWRStarHead
@@ -228,7 +229,9 @@ class TrainingConfig:
             the head's input). Replay keeps latents there; variants with
             ``train_blocks`` train the layers above it.
         replay_batch_size: Replayed latents appended to each step's batch.
-        block_learning_rate: SGD learning rate of trained blocks (None: the head's).
+        block_learning_rate: Learning rate of trained blocks (None: the head's).
+        block_optimizer: How trained blocks step (``"sgd"``, ``"momentum"``,
+            ``"adam"``; see ``HybridQuantizedTrainStep``).
         joint_epochs: Epochs of the joint upper bound (whole network, all data;
             None: ``first_epochs``).
     """
@@ -244,6 +247,7 @@ class TrainingConfig:
     trainable_blocks: int = 0
     replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE
     block_learning_rate: float | None = None
+    block_optimizer: str = "sgd"
     joint_epochs: int | None = None
 
     def __post_init__(self) -> None:
@@ -255,6 +259,7 @@ class TrainingConfig:
             check_positive_number(getattr(self, name), name)
         if self.block_learning_rate is not None:
             check_positive_number(self.block_learning_rate, "block_learning_rate")
+        check_choice(self.block_optimizer, BLOCK_OPTIMIZERS, "block_optimizer")
         if self.joint_epochs is not None:
             check_positive_int(self.joint_epochs, "joint_epochs")
         check_int(self.trainable_blocks, "trainable_blocks", minimum=0)
@@ -356,6 +361,7 @@ def build_model(
         replay=memory,
         replay_batch_size=config.replay_batch_size,
         block_learning_rate=config.block_learning_rate,
+        block_optimizer=config.block_optimizer,
         # Replayed batches carry confidently wrong old-class predictions that
         # experience 0's gradient statistics never saw: quantize on the exact bound.
         gradient_range_mode="bound" if memory is not None else "calibrated",
@@ -364,11 +370,11 @@ def build_model(
 
 
 def architecture_weights(model: HybridQuantizedTrainStep) -> list[tf.Variable]:
-    """The model's weights without its replay memory's (the same for every variant)."""
-    if model.replay is None:
-        return list(model.weights)
-    memory = {id(weight) for weight in model.replay.weights}
-    return [weight for weight in model.weights if id(weight) not in memory]
+    """The model's weights without its replay memory's and block optimizer's (the same
+    for every variant)."""
+    memory = list(model.replay.weights) if model.replay is not None else []
+    extra = {id(weight) for weight in [*memory, *model.block_optimizer_weights]}
+    return [weight for weight in model.weights if id(weight) not in extra]
 
 
 def load_architecture_weights(

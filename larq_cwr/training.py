@@ -23,10 +23,13 @@ from larq_cwr._checks import (
 )
 from larq_cwr.backbones import rerun_graph
 from larq_cwr.backprop import (
+    BLOCK_OPTIMIZERS,
     DEFAULT_LATENT_WEIGHT_BITS,
     LATENT_WEIGHT_ROUNDING,
     BlockStack,
     binary_kernels,
+    block_optimizer_directions,
+    block_optimizer_slot_count,
     update_block_weights,
 )
 from larq_cwr.head import CWRStarHead
@@ -66,6 +69,7 @@ _OWN_ARGUMENTS = (
     "latent_layer",
     "replay_batch_size",
     "block_learning_rate",
+    "block_optimizer",
     "gradient_range_mode",
 )
 # How the hybrid step bounds the logit gradient: the static range calibrated on
@@ -280,8 +284,14 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             the trainable blocks above; the latents of replay are its outputs.
         replay: A ``LatentReplayMemory`` of latents at ``latent_layer``.
         replay_batch_size: Replayed latents appended to each batch.
-        block_learning_rate: SGD learning rate of the trainable blocks (None: the
+        block_learning_rate: Learning rate of the trainable blocks (None: the
             optimizer's, as the head's).
+        block_optimizer: How the trainable blocks step: ``"sgd"`` (default, METHOD
+            §5), ``"momentum"`` (SGD with momentum 0.9) or ``"adam"`` (Keras'
+            defaults), in float before the blocks' storage rules
+            (``larq_cwr.backprop.block_optimizer_directions``). Their state (1 or 2
+            floats per trained weight, and a step count) is model state, copied by
+            ``load_head_state`` and saved with the model; it needs ``latent_layer``.
         gradient_range_mode: ``"calibrated"`` (default): the logit gradient is
             quantized on the static range ``calibrate`` fixes from experience-0 data
             (METHOD §4); ``"bound"``: on ``+-1/batch``, the range it can reach (METHOD
@@ -324,6 +334,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         replay: LatentReplayMemory | dict | None = None,
         replay_batch_size: int = DEFAULT_REPLAY_BATCH_SIZE,
         block_learning_rate: float | None = None,
+        block_optimizer: str = "sgd",
         gradient_range_mode: str = "calibrated",
         **kwargs: Any,
     ) -> None:
@@ -337,6 +348,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             latent_weight_rounding, LATENT_WEIGHT_ROUNDING, "latent_weight_rounding"
         )
         check_choice(gradient_range_mode, GRADIENT_RANGE_MODES, "gradient_range_mode")
+        check_choice(block_optimizer, BLOCK_OPTIMIZERS, "block_optimizer")
         check_positive_int(replay_batch_size, "replay_batch_size")
         if block_learning_rate is not None:
             check_positive_number(block_learning_rate, "block_learning_rate")
@@ -350,6 +362,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             raise ValueError(
                 "`replay` needs `latent_layer`, the layer whose latents it keeps."
             )
+        if block_optimizer != "sgd" and latent_layer is None:
+            raise ValueError(
+                f"`block_optimizer`={block_optimizer!r} needs `latent_layer`: without "
+                "it no blocks train (the head always steps with plain SGD)."
+            )
         super().__init__(*args, **kwargs)
         self.forward_bits = forward_bits
         self.update_bits = update_bits
@@ -362,6 +379,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.latent_layer = latent_layer
         self.replay_batch_size = int(replay_batch_size)
         self.block_learning_rate = block_learning_rate
+        self.block_optimizer = block_optimizer
         self.gradient_range_mode = gradient_range_mode
         self.head = self._find_head()
         # The head's input and output in this model's graph (the layer may be shared
@@ -380,6 +398,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         self.replay = replay
         if replay is not None:
             self._check_replay_shape(replay)
+        self._make_block_optimizer_state()
         # Views sharing the model's layers; bypass Keras' attribute tracking so they
         # appear neither as extra layers in `layers`/`summary()` nor in saved files.
         object.__setattr__(
@@ -413,6 +432,36 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return self.add_weight(
             name=name, shape=shape, initializer="zeros", dtype=dtype, trainable=False
         )
+
+    def _make_block_optimizer_state(self) -> None:
+        """Zero slots of ``block_optimizer`` for every weight the blocks could train
+        (which layers train is only known when ``fit`` starts), and a step count."""
+        slots: dict[int, list[tf.Variable]] = {}
+        state: list[tf.Variable] = []
+        count = block_optimizer_slot_count(self.block_optimizer)
+        if count:
+            state.append(self._state("block_optimizer/steps", (), tf.int64))
+            candidates = [
+                variable
+                for layer in self._blocks.layers
+                for variable in layer.weights
+                if variable.trainable
+            ]
+            for index, variable in enumerate(candidates):
+                slots[id(variable)] = [
+                    self._state(f"block_optimizer/{kind}_{index}", variable.shape)
+                    for kind in ("m", "v")[:count]
+                ]
+                state.extend(slots[id(variable)])
+        # Plain attributes: `_state` already tracks the variables as weights.
+        object.__setattr__(self, "_block_slots", slots)
+        object.__setattr__(self, "_block_optimizer_state", state)
+
+    @property
+    def block_optimizer_weights(self) -> list[tf.Variable]:
+        """The state of ``block_optimizer`` (empty for ``"sgd"``): its step count, then
+        each trainable block weight's slots."""
+        return list(self._block_optimizer_state)
 
     # -- construction checks ---------------------------------------------------------
 
@@ -690,9 +739,11 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             outputs = tf.keras.layers.Softmax()(outputs)
         arguments = {key: getattr(self, key) for key in _OWN_ARGUMENTS}
         arguments["latent_layer"] = None
+        arguments["block_optimizer"] = "sgd"  # no blocks train
         replay = None
         if self._blocks is not None and not head_only:
             arguments["latent_layer"] = latents._keras_history.layer.name
+            arguments["block_optimizer"] = self.block_optimizer
             replay = self.replay
         model = HybridQuantizedTrainStep(
             latents, outputs, name=f"{self.name}_upper", replay=replay, **arguments
@@ -701,11 +752,18 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         return model
 
     def load_head_state(self, other: "HybridQuantizedTrainStep") -> None:
-        """Copy the head weights, calibration and noise state of ``other`` into this one."""
+        """Copy the head weights, calibration and noise state of ``other`` into this one,
+        and the state of a shared ``block_optimizer`` (the slots of shared layers)."""
         if other.head is not self.head:
             self.head.set_weights(other.head.get_weights())
         for mine, theirs in zip(self._own_state(), other._own_state()):
             mine.assign(theirs)
+        if self.block_optimizer == other.block_optimizer and self._block_slots:
+            if other._block_slots:
+                self._block_optimizer_state[0].assign(other._block_optimizer_state[0])
+            for key, slots in self._block_slots.items():  # shared layers' weights
+                for mine, theirs in zip(slots, other._block_slots.get(key, [])):
+                    mine.assign(theirs)
         self.train_function = None
 
     def _step_gradient_range(self, calibrated: bool) -> tf.Variable | str | None:
@@ -843,6 +901,15 @@ class HybridQuantizedTrainStep(tf.keras.Model):
                 grid=self.grid,
             )
         gradients = tape.gradient(features, blocks, output_gradients=feature_gradient)
+        if self._block_slots:
+            steps = self._block_optimizer_state[0]
+            steps.assign_add(1)
+            gradients = block_optimizer_directions(
+                gradients,
+                [self._block_slots[id(v)] for v in blocks],
+                optimizer=self.block_optimizer,
+                step=steps,
+            )
         rate = self._learning_rate()
         if self.block_learning_rate is not None:
             rate = tf.cast(self.block_learning_rate, rate.dtype)
@@ -954,6 +1021,16 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     def compile(self, *args: Any, **kwargs: Any) -> None:
         super().compile(*args, **kwargs)
         self._checked_compile = False  # check the new optimizer and loss
+
+    def get_compile_config(self) -> dict[str, Any] | None:
+        return super().get_compile_config()
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Compile a loaded model as it was saved (Keras skips models whose ``compile``
+        is overridden unless they define this), so it can go on training."""
+        self.compile(**tf.keras.saving.deserialize_keras_object(config))
+        if isinstance(self.optimizer, tf.keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)  # its saved state loads next
 
     # -- serialization ---------------------------------------------------------------
 

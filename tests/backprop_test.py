@@ -8,11 +8,14 @@ import tensorflow as tf
 from larq_cwr import CWRStar, CWRStarHead, HybridQuantizedTrainStep
 from larq_cwr.backprop import (
     BlockStack,
+    block_optimizer_directions,
+    block_optimizer_slot_count,
     latent_weight_grid,
     quantize_activation,
     stochastic_latent_update,
     update_block_weights,
 )
+from larq_cwr.experiment import TrainingConfig, architecture_weights
 from larq_cwr.quantizers import counter_uniform, snap_to_grid
 from larq_cwr.replay import LatentBinarization, LatentReplayMemory
 from larq_cwr.training import hybrid_sgd_step
@@ -449,3 +452,111 @@ def test_block_stack_rejects_unknown_or_bypassed_layers():
         BlockStack(model, model._head_io[0], latent_layer="nope")
     with pytest.raises(ValueError, match="bypass"):
         BlockStack(model, model._head_io[0], latent_layer="block_a_bn")
+
+
+@pytest.mark.parametrize(
+    "name, keras_optimizer",
+    [
+        ("sgd", lambda: tf.keras.optimizers.SGD(0.05)),
+        ("momentum", lambda: tf.keras.optimizers.SGD(0.05, momentum=0.9)),
+        ("adam", lambda: tf.keras.optimizers.Adam(0.05)),
+    ],
+)
+def test_block_optimizer_directions_follow_the_keras_optimizers(name, keras_optimizer):
+    start = np.array([0.3, -0.2, 1.0, 0.0], np.float32)
+    gradients = [
+        np.array(g, np.float32)
+        for g in ([0.5, -1e-3, 2.0, 0.0], [0.4, 3e-3, -1.0, 0.1], [-0.2, 1e-3, 0.5, 0.0])
+    ]
+    ours, reference = tf.Variable(start), tf.Variable(start)
+    slots = [tf.Variable(tf.zeros(4)) for _ in range(block_optimizer_slot_count(name))]
+    optimizer = keras_optimizer()
+    for step, gradient in enumerate(gradients, start=1):
+        (direction,) = block_optimizer_directions(
+            [tf.constant(gradient)], [slots], optimizer=name, step=step
+        )
+        ours.assign_sub(0.05 * direction)
+        optimizer.apply_gradients([(tf.constant(gradient), reference)])
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-7)
+    # Their trajectories part: the test can tell the optimizers apart.
+    assert np.abs(ours.numpy() - start).max() > 0.05
+
+
+def test_block_optimizer_adam_first_step_is_the_learning_rate_and_saves(tmp_path):
+    x, y = _data()
+    model = _model(
+        forward_bits=None,
+        update_bits=None,
+        block_optimizer="adam",
+        block_learning_rate=0.01,
+    )
+    _first_experience(model, x, y)
+    assert [float(w.numpy().max()) for w in model.block_optimizer_weights] == [0.0] * 13
+    before = _weights(model, "block_a_conv", "block_a_bn", "block_b_bn")
+    callback = CWRStar(model.head, labels=y, trainable_layers=["block_b_bn"])
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, callbacks=[callback])
+    after = _weights(model, "block_a_conv", "block_a_bn", "block_b_bn")
+    steps, *slots = model.block_optimizer_weights
+    assert int(steps.numpy()) == 1
+    # Slots in the order of the blocks' trainable weights, (m, v) each: block_b_bn's
+    # gamma and beta are the 5th and 6th; the others were not trained.
+    assert [bool(np.any(s.numpy() != 0)) for s in slots] == [False] * 8 + [True] * 4
+    for index, key in ((4, "block_b_bn/0"), (5, "block_b_bn/1")):  # gamma, beta
+        m, v = slots[2 * index].numpy(), slots[2 * index + 1].numpy()
+        gradient = m / 0.1
+        np.testing.assert_allclose(v, 0.001 * gradient**2, rtol=1e-4)
+        # Adam's first step: lr * g / (|g| + eps / sqrt(1 - 0.999)), about lr * sign(g)
+        # (plain SGD at lr 0.01 would move by 0.01 * |g|, here below 1e-6).
+        expected = -0.01 * gradient / (np.abs(gradient) + 1e-7 / np.sqrt(0.001))
+        np.testing.assert_allclose(after[key] - before[key], expected, rtol=1e-3)
+        assert np.all(np.abs(after[key] - before[key]) > 0.005)
+    for key in ("block_a_conv/0", "block_a_bn/0", "block_b_bn/2"):  # not trained
+        np.testing.assert_array_equal(after[key], before[key])
+    model.save(tmp_path / "model.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.block_optimizer == "adam"
+    for ours, theirs in zip(model.block_optimizer_weights, loaded.block_optimizer_weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    # The restored state continues the same trajectory (Adam's second step).
+    for trained_model in (model, loaded):
+        callback = CWRStar(trained_model.head, labels=y, trainable_layers=["block_b_bn"])
+        trained_model.fit(x, y, batch_size=len(x), verbose=0, callbacks=[callback])
+    np.testing.assert_allclose(
+        loaded.get_layer("block_b_bn").gamma.numpy(),
+        model.get_layer("block_b_bn").gamma.numpy(),
+        rtol=1e-6,
+    )
+    assert int(loaded.block_optimizer_weights[0].numpy()) == 2
+
+
+def test_block_optimizer_state_moves_with_upper_model_and_is_checked():
+    x, y = _data()
+    model = _model(block_optimizer="momentum", backward_bits=16)
+    assert len(model.block_optimizer_weights) == 1 + 6  # steps; 2 x (conv, gamma, beta)
+    _first_experience(model, x, y)
+    upper = model.upper_model()
+    upper.compile(
+        tf.keras.optimizers.SGD(0.1),
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    latents = model.latent_extractor.predict(x, verbose=0)
+    callback = CWRStar(upper.head, labels=y, trainable_layers=["block_a_conv"])
+    upper.fit(latents, y, batch_size=10, verbose=0, callbacks=[callback])
+    assert int(upper.block_optimizer_weights[0].numpy()) == 4
+    model.load_head_state(upper)
+    for ours, theirs in zip(model.block_optimizer_weights, upper.block_optimizer_weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert np.any(model.block_optimizer_weights[1].numpy() != 0)  # block_a_conv's m
+    assert HybridQuantizedTrainStep.from_config(model.get_config()).block_optimizer == (
+        "momentum"
+    )
+    assert _model().block_optimizer_weights == []
+    # The optimizer state is not part of the architecture a first network hands on.
+    assert len(architecture_weights(model)) == len(architecture_weights(_model()))
+    with pytest.raises(ValueError, match="block_optimizer"):
+        TrainingConfig(block_optimizer="rmsprop")
+    with pytest.raises(ValueError, match="block_optimizer"):
+        _model(block_optimizer="rmsprop")
+    inputs = tf.keras.Input((3,))
+    with pytest.raises(ValueError, match="needs `latent_layer`"):
+        HybridQuantizedTrainStep(inputs, CWRStarHead(2)(inputs), block_optimizer="adam")
