@@ -68,12 +68,14 @@ def _loaded_keras_version() -> "str | None":
 
 
 # TensorFlow's C++ start-up lines that say nothing about the user's run: CUDA plugins
-# registered twice or absent on a CPU machine, absl's pre-init notice, CPU features.
+# registered twice or absent on a CPU machine, absl's pre-init notice, CPU features,
+# oneDNN's notice that it is on (CPUs with AVX-512 and the like).
 # TF_CPP_MIN_LOG_LEVEL does not silence them (absl writes before it is configured).
 _STARTUP_NOISE = re.compile(
     r"cuda_(dnn|blas|fft|platform)\.cc|cudart_stub\.cc|computation_placer\.cc|"
     r"absl::InitializeLog|cpu_feature_guard\.cc|"
-    r"To enable the following instructions|rebuild TensorFlow with the appropriate"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate|"
+    r"oneDNN custom operations are on"
 )
 
 

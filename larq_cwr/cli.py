@@ -25,6 +25,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     from larq_cwr.backbones import BACKBONE_NAMES
+    from larq_cwr.backprop import BLOCK_OPTIMIZERS
     from larq_cwr.datasets import DATASET_NAMES
     from larq_cwr.experiment import (
         DEFAULT_BATCH_SIZE,
@@ -102,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="bits of the gradients through trainable blocks (default: float)",
+    )
+    run.add_argument(
+        "--block-learning-rate",
+        type=float,
+        default=None,
+        help="learning rate of the trainable blocks (default: --learning-rate)",
+    )
+    run.add_argument(
+        "--block-optimizer",
+        choices=BLOCK_OPTIMIZERS,
+        default="sgd",
+        help="how the trainable blocks step (default: %(default)s, METHOD §5)",
     )
     run.add_argument(
         "--epochs",
@@ -290,6 +303,8 @@ def _config(args: argparse.Namespace):
             seed=args.seed,
             trainable_blocks=args.trainable_blocks,
             replay_batch_size=args.replay_batch_size,
+            block_learning_rate=args.block_learning_rate,
+            block_optimizer=args.block_optimizer,
         ),
     )
 

@@ -226,6 +226,18 @@ def test_run_defaults_are_the_main_job():
     assert _config(_parser().parse_args(["run"])) == ExperimentConfig()
 
 
+def test_run_passes_the_block_optimizer_options():
+    from larq_cwr.cli import _config, _parser
+
+    args = ["run", "--trainable-blocks", "2", "--block-optimizer", "adam"]
+    training = _config(_parser().parse_args([*args, "--block-learning-rate", "0.001"]))
+    assert training.training.block_optimizer == "adam"
+    assert training.training.block_learning_rate == 0.001
+    assert _config(_parser().parse_args(["run"])).training.block_optimizer == "sgd"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--block-optimizer", "rmsprop"])
+
+
 def test_pretrain_writes_weights_that_load(tmp_path, capsys):
     from larq_cwr.backbones import build_backbone
 
