@@ -116,6 +116,7 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
         trainable_blocks=args.trainable_blocks,
         learning_rate=args.learning_rate,
         block_learning_rate=args.block_learning_rate,
+        block_optimizer=args.block_optimizer,
     )
     record = {
         "seed": seed,
@@ -308,6 +309,9 @@ def main(argv=None) -> int:
     parser.add_argument("--replay-size", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=0.04)
     parser.add_argument("--block-learning-rate", type=float, default=0.009)
+    parser.add_argument(
+        "--block-optimizer", choices=("sgd", "momentum", "adam"), default="sgd"
+    )
     parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument(
         "--large-memory",
@@ -388,8 +392,9 @@ def main(argv=None) -> int:
         f"`{BACKBONE}` trained on the first experience ({args.first_epochs} epochs, "
         f"Adam); latent layer at the input of the last {args.trainable_blocks} binary "
         f"blocks{f' (latent shape {shape})' if shape else ''}; later experiences "
-        f"{args.epochs} epochs, SGD lr {args.learning_rate} (trained blocks "
-        f"{args.block_learning_rate}), batch 50 new + 128 replayed. Names: "
+        f"{args.epochs} epochs, SGD lr {args.learning_rate} (trained blocks: "
+        f"{args.block_optimizer} lr {args.block_learning_rate}), batch 50 new + 128 "
+        "replayed. Names: "
         "`replay-<storage>-<patterns>`, `blocks` trains the blocks above the latent "
         "layer, `qb<bits>` their gradient bits. Joint: the whole network on all "
         f"training data, {args.joint_epochs} epochs.",
