@@ -106,3 +106,53 @@ def test_joint_bound_trains_joint_epochs_and_the_first_experience_first_epochs()
     # None: the joint bound trains first_epochs, as before the field existed.
     train_joint(scenario, TrainingConfig(seed=0, first_epochs=1), callbacks=factory)
     assert epochs_run["joint"] == 1
+
+
+def test_stream_with_adam_blocks_resumes_exactly():
+    """A stream resumed from an experience's state (what run checkpoints keep) ends as
+    the uninterrupted one: Adam's slots of the trained blocks are part of the state."""
+    import numpy as np
+
+    data = load_digits(image_size=16, seed=0)
+    keep, test = slice(0, 400), slice(0, 200)
+    scenario = nc_scenario(
+        data.x_train[keep],
+        data.y_train[keep],
+        x_test=data.x_test[test],
+        y_test=data.y_test[test],
+        n_experiences=5,
+        seed=0,
+    )
+    config = TrainingConfig(
+        seed=0,
+        first_epochs=2,
+        epochs=2,
+        trainable_blocks=1,
+        block_optimizer="adam",
+        block_learning_rate=0.001,
+    )
+    variant = Variant.finetune(
+        8, 16, replay="float32", replay_size=40, train_blocks=True, backward_bits=16
+    )
+    first_weights, _ = train_first_experience(scenario, config)
+    features = extract_features(scenario, first_weights, config=config)
+    states = []
+    full = run_stream(
+        features,
+        variant,
+        first_weights=first_weights,
+        config=config,
+        on_experience=states.append,
+    )
+    slots = full.model.block_optimizer_weights
+    assert int(slots[0].numpy()) > 0 and any(np.any(s.numpy() != 0) for s in slots[1:])
+    resumed = run_stream(
+        features,
+        variant,
+        first_weights=first_weights,
+        config=config,
+        resume=states[1],
+    )
+    assert resumed.accuracy.to_dict() == full.accuracy.to_dict()
+    for ours, theirs in zip(resumed.model.get_weights(), full.model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
