@@ -46,6 +46,7 @@ import common  # isort: skip  (sets up larq_cwr before TensorFlow)
 import numpy as np
 from docblock import replace_block
 
+from larq_cwr.backprop import BLOCK_OPTIMIZERS
 from larq_cwr.datasets import default_cache_dir
 from larq_cwr.experiment import Variant, run_stream, train_joint
 from larq_cwr.reporting import format_table, write_json
@@ -309,9 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replay-size", type=int, default=300)
     parser.add_argument("--learning-rate", type=float, default=0.04)
     parser.add_argument("--block-learning-rate", type=float, default=0.009)
-    parser.add_argument(
-        "--block-optimizer", choices=("sgd", "momentum", "adam"), default="sgd"
-    )
+    parser.add_argument("--block-optimizer", choices=BLOCK_OPTIMIZERS, default="sgd")
     parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument(
         "--large-memory",
