@@ -1,5 +1,6 @@
 """End to end on sklearn digits: 5 class-incremental experiences of 2 classes."""
 
+import numpy as np
 import pytest
 
 from larq_cwr.datasets import load_digits
@@ -14,17 +15,22 @@ from larq_cwr.experiment import (
 from larq_cwr.scenarios import nc_scenario
 
 
-@pytest.fixture(scope="module")
-def digits_stream():
-    data = load_digits(image_size=16, seed=0)
-    scenario = nc_scenario(
-        data.x_train,
-        data.y_train,
-        x_test=data.x_test,
-        y_test=data.y_test,
+def _digits_scenario(*, image_size, n_train=None, n_test=None):
+    """Digits NC 5x2 (seed 0), optionally on the first n_train / n_test images."""
+    data = load_digits(image_size=image_size, seed=0)
+    return nc_scenario(
+        data.x_train[:n_train],
+        data.y_train[:n_train],
+        x_test=data.x_test[:n_test],
+        y_test=data.y_test[:n_test],
         n_experiences=5,
         seed=0,
     )
+
+
+@pytest.fixture(scope="module")
+def digits_stream():
+    scenario = _digits_scenario(image_size=16)
     config = TrainingConfig(
         seed=0
     )  # METHOD §4 defaults: lr 0.0025, 5 + 10 epochs, batch 50
@@ -76,16 +82,7 @@ def test_joint_bound_trains_joint_epochs_and_the_first_experience_first_epochs()
 
     from larq_cwr.experiment import train_joint
 
-    data = load_digits(image_size=8, seed=0)
-    keep = slice(0, 120)
-    scenario = nc_scenario(
-        data.x_train[keep],
-        data.y_train[keep],
-        x_test=data.x_test[:40],
-        y_test=data.y_test[:40],
-        n_experiences=5,
-        seed=0,
-    )
+    scenario = _digits_scenario(image_size=8, n_train=120, n_test=40)
     epochs_run = {}
 
     class Count(tf.keras.callbacks.Callback):
@@ -111,18 +108,7 @@ def test_joint_bound_trains_joint_epochs_and_the_first_experience_first_epochs()
 def test_stream_with_adam_blocks_resumes_exactly():
     """A stream resumed from an experience's state (what run checkpoints keep) ends as
     the uninterrupted one: Adam's slots of the trained blocks are part of the state."""
-    import numpy as np
-
-    data = load_digits(image_size=16, seed=0)
-    keep, test = slice(0, 400), slice(0, 200)
-    scenario = nc_scenario(
-        data.x_train[keep],
-        data.y_train[keep],
-        x_test=data.x_test[test],
-        y_test=data.y_test[test],
-        n_experiences=5,
-        seed=0,
-    )
+    scenario = _digits_scenario(image_size=16, n_train=400, n_test=200)
     config = TrainingConfig(
         seed=0,
         first_epochs=2,
