@@ -240,6 +240,7 @@ def first_experience(scenario, config: TrainingConfig, scenario_name: str):
         f"split_cifar10_{scenario_name}_{config.backbone}_k{config.trainable_blocks}_"
         f"seed{config.seed}_"
         f"epochs{config.first_epochs}_"
+        f"{'signs_' if config.binarize_first_latents else ''}"
         f"{'-'.join(map(str, scenario.class_order))}_{code_hash()}.npz"
     )
     path = default_cache_dir() / "benchmarks" / name

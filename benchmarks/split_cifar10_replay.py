@@ -118,6 +118,7 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
         learning_rate=args.learning_rate,
         block_learning_rate=args.block_learning_rate,
         block_optimizer=args.block_optimizer,
+        binarize_first_latents=args.binarize_first_latents,
     )
     record = {
         "seed": seed,
@@ -313,6 +314,12 @@ def main(argv=None) -> int:
     parser.add_argument("--block-optimizer", choices=BLOCK_OPTIMIZERS, default="sgd")
     parser.add_argument("--backward-bits", type=int, nargs="+", default=[16, 8])
     parser.add_argument(
+        "--binarize-first-latents",
+        action="store_true",
+        help="train the first experience on the latents' signs (every row then runs "
+        "on binary latents)",
+    )
+    parser.add_argument(
         "--large-memory",
         type=int,
         default=None,
@@ -380,6 +387,7 @@ def main(argv=None) -> int:
         default=None,
     )
     shape = records[0].get("latent_shape")
+    signs = ", on the latents' signs" if args.binarize_first_latents else ""
     unfinished = {
         r["seed"]: [n for n in names if n not in r["variants"]]
         + ([] if r["joint"] else ["joint"])
@@ -389,8 +397,9 @@ def main(argv=None) -> int:
         f"Written by `benchmarks/split_cifar10_replay.py` from the code with source hash "
         f"`{meta['code']}`. CIFAR-10 (JPEG copy), NC 5x2, seeds {args.seeds}; "
         f"`{BACKBONE}` trained on the first experience ({args.first_epochs} epochs, "
-        f"Adam); latent layer at the input of the last {args.trainable_blocks} binary "
-        f"blocks{f' (latent shape {shape})' if shape else ''}; later experiences "
+        f"Adam{signs}); latent layer at the input of the last "
+        f"{args.trainable_blocks} binary blocks"
+        f"{f' (latent shape {shape})' if shape else ''}; later experiences "
         f"{args.epochs} epochs, SGD lr {args.learning_rate} (trained blocks: "
         f"{args.block_optimizer} lr {args.block_learning_rate}), batch 50 new + 128 "
         "replayed. Names: "

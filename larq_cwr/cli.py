@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         help="how the trainable blocks step (default: %(default)s, METHOD §5)",
     )
     run.add_argument(
+        "--binarize-first-latents",
+        action="store_true",
+        help="train the first experience on the latents' signs, as a 1-bit replay "
+        "memory stores them (every variant then runs on binary latents)",
+    )
+    run.add_argument(
         "--epochs",
         type=int,
         default=MAIN_JOB_EPOCHS,
@@ -305,6 +311,7 @@ def _config(args: argparse.Namespace):
             replay_batch_size=args.replay_batch_size,
             block_learning_rate=args.block_learning_rate,
             block_optimizer=args.block_optimizer,
+            binarize_first_latents=args.binarize_first_latents,
         ),
     )
 

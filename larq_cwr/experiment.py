@@ -234,6 +234,12 @@ class TrainingConfig:
             ``"adam"``; see ``HybridQuantizedTrainStep``).
         joint_epochs: Epochs of the joint upper bound (whole network, all data;
             None: ``first_epochs``).
+        binarize_first_latents: Train the first experience with the latent layer
+            binarizing (straight-through gradient), so the network learns on the
+            signs a 1-bit replay memory keeps rather than meeting them only from
+            experience 1 on. The latent layer stays enabled in the first
+            experience's weights: every variant of the run then sees binary
+            latents, whatever its memory stores.
     """
 
     backbone: str = "bnn32"
@@ -249,6 +255,7 @@ class TrainingConfig:
     block_learning_rate: float | None = None
     block_optimizer: str = "sgd"
     joint_epochs: int | None = None
+    binarize_first_latents: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.backbone, BACKBONE_NAMES, "backbone")
@@ -263,6 +270,11 @@ class TrainingConfig:
         if self.joint_epochs is not None:
             check_positive_int(self.joint_epochs, "joint_epochs")
         check_int(self.trainable_blocks, "trainable_blocks", minimum=0)
+        if not isinstance(self.binarize_first_latents, bool):
+            raise TypeError(
+                "`binarize_first_latents` must be True or False, got "
+                f"{self.binarize_first_latents!r}."
+            )
 
     @property
     def joint_bound_epochs(self) -> int:
@@ -430,14 +442,21 @@ def train_first_experience(
     *,
     callbacks: CallbackFactory | None = None,
 ) -> tuple[list[np.ndarray], float]:
-    """Train backbone and head on experience 0 (float, Adam) with CWR* bookkeeping.
+    """Train backbone and head on experience 0 (float, Adam) with CWR* bookkeeping;
+    on the latents' signs with ``config.binarize_first_latents``.
 
     Returns:
         ``(weights, seconds)``: the model's weights after consolidation, to start
         every variant from, and the training time.
     """
     model, seconds = _train_whole_network(
-        scenario[0], scenario.num_classes, config, "first", callbacks, config.first_epochs
+        scenario[0],
+        scenario.num_classes,
+        config,
+        "first",
+        callbacks,
+        config.first_epochs,
+        binarize_latents=config.binarize_first_latents,
     )
     return [weight.numpy() for weight in architecture_weights(model)], seconds
 
@@ -449,10 +468,14 @@ def _train_whole_network(
     label: str,
     callbacks: CallbackFactory | None,
     epochs: int,
+    *,
+    binarize_latents: bool = False,
 ) -> tuple[HybridQuantizedTrainStep, float]:
     """Float training of backbone and head (Adam) as one CWR* experience."""
     tf.keras.utils.set_random_seed(config.seed)
     model = build_model(experience.x_train.shape[1:], num_classes, config=config)
+    if binarize_latents:
+        model.get_layer(LATENT_LAYER).enable()
     _compile(model, tf.keras.optimizers.Adam(config.first_learning_rate))
     extra = callbacks(label, 0, epochs) if callbacks else []
     seconds = _fit(

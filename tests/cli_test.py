@@ -238,6 +238,15 @@ def test_run_passes_the_block_optimizer_options():
         _parser().parse_args(["run", "--block-optimizer", "rmsprop"])
 
 
+def test_run_passes_binarize_first_latents():
+    from larq_cwr.cli import _config, _parser
+
+    args = ["run", "--replay", "1bit", "--trainable-blocks", "1"]
+    on = _config(_parser().parse_args([*args, "--binarize-first-latents"]))
+    assert on.training.binarize_first_latents is True
+    assert _config(_parser().parse_args(args)).training.binarize_first_latents is False
+
+
 def test_pretrain_writes_weights_that_load(tmp_path, capsys):
     from larq_cwr.backbones import build_backbone
 
