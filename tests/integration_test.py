@@ -148,20 +148,20 @@ def test_first_experience_trains_on_binarized_latents():
     """``binarize_first_latents``: the first experience's layers above the split learn
     on the latents' signs (straight-through below), and its weights keep the latent
     layer enabled, so every variant then runs on binary latents."""
+    import dataclasses
+
     import tensorflow as tf
 
-    from larq_cwr.experiment import LATENT_LAYER, architecture_weights, build_model
+    from larq_cwr.experiment import LATENT_LAYER, build_model, load_architecture_weights
 
     scenario = _digits_scenario(image_size=16)
     shape, classes = scenario[0].x_train.shape[1:], scenario.num_classes
     config = TrainingConfig(seed=0, first_epochs=10, trainable_blocks=1)
-    signs = TrainingConfig(**{**config.__dict__, "binarize_first_latents": True})
+    signs = dataclasses.replace(config, binarize_first_latents=True)
     trained = {}
     for name, setting in (("float", config), ("signs", signs)):
         model = build_model(shape, classes, config=setting)
-        weights, _ = train_first_experience(scenario, setting)
-        for variable, value in zip(architecture_weights(model), weights):
-            variable.assign(value)
+        load_architecture_weights(model, train_first_experience(scenario, setting)[0])
         trained[name] = model
     float_model, sign_model = trained["float"], trained["signs"]
     assert not float_model.get_layer(LATENT_LAYER).enabled
@@ -186,9 +186,8 @@ def test_first_experience_trains_on_binarized_latents():
     assert moved and all(moved), moved
     # The network learned experience 0 on signs: it predicts that experience's test
     # images (measured 1.0 with seed 0) from the latents' signs alone.
-    first = scenario[0]
-    x_test = scenario.x_test[np.isin(scenario.y_test, first.classes)]
-    y_test = scenario.y_test[np.isin(scenario.y_test, first.classes)]
+    first_classes = np.isin(scenario.y_test, scenario[0].classes)
+    x_test, y_test = scenario.x_test[first_classes], scenario.y_test[first_classes]
     latents = sign_model.latent_extractor.predict(x_test, verbose=0)
     np.testing.assert_array_equal(np.abs(latents), 1.0)
     logits = sign_model.upper_model().predict(latents, verbose=0)
