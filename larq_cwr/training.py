@@ -257,7 +257,9 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     **Calibration** fixes the static ranges of the features and of the logit gradient
     from experience-0 data: call ``calibrate(x0, y0)`` after the first experience (any
     input ``evaluate`` accepts). A model with bit widths entering the hybrid phase
-    uncalibrated warns and quantizes on each batch's own range. The ranges, the
+    uncalibrated warns and quantizes on each batch's own range. While blocks above
+    ``latent_layer`` train, the head's features move with them, so they are quantized
+    on each batch's own range like the activations between the blocks. The ranges, the
     stochastic-rounding state and the head's state are model weights: ``save``,
     ``save_weights`` and checkpoints carry them.
 
@@ -822,7 +824,10 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             forward_bits=self.forward_bits,
             update_bits=self.update_bits,
             grid=self.grid,
-            feature_range=self._feature_range if calibrated else None,
+            # The static range bounds the features it was calibrated on; trained
+            # blocks move them out of it, and clipping them in training only (inference
+            # is float) collapsed predictions (docs/replay.md): use each batch's own.
+            feature_range=self._feature_range if calibrated and not blocks else None,
             gradient_range=self._step_gradient_range(calibrated),
             sample_weight=sample_weight,
             update_noise=self._rounding_noise(kernel),

@@ -238,6 +238,43 @@ def test_hybrid_phase_trains_exactly_the_named_blocks():
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
 
 
+def test_trained_blocks_quantize_head_features_on_their_own_range():
+    # Blocks that train move the head's features out of the range calibrated on
+    # experience 0; a static range clipped them in training while inference (float)
+    # did not, which collapsed predictions. Scaled features make the clip large.
+    x, y = _data()
+    model = _model(forward_bits=8, update_bits=16)
+    _first_experience(model, x, y)
+    gamma = model.get_layer("block_b_bn").gamma
+    gamma.assign(gamma * 20.0)
+    for layer in model.layers:
+        layer.trainable = layer.name in ("head", "block_b_conv", "block_b_bn")
+    # Eagerly: a traced step's fused float ops can flip single 8-bit feature levels.
+    model.compile(
+        tf.keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", run_eagerly=True
+    )
+    kernel = model.head.kernel.numpy().copy()
+    latents = model._blocks.lower(x[:10], training=False)
+    features = model._blocks.upper(latents, forward_bits=8)
+    low, high = model.feature_range
+    assert features.numpy().max() > high + 1.0 or features.numpy().min() < low - 1.0
+    model.train_on_batch(x[:10], y[:10])
+
+    def step(feature_range):
+        return hybrid_sgd_step(
+            tf.constant(kernel),
+            features,
+            labels=y[:10],
+            learning_rate=0.1,
+            feature_range=feature_range,
+            gradient_range=model.gradient_range,
+        ).kernel.numpy()
+
+    own, static = step(None), step(model.feature_range)
+    np.testing.assert_allclose(model.head.kernel.numpy(), own, atol=1e-6)
+    assert np.abs(static - own).max() > 0.1  # what the static range clipped
+
+
 def test_latent_weight_grid_keeps_every_sign():
     # Small weights of either sign, 0 (binarized as +1) and the clip values, 8 bits:
     # the nearest levels are +-step/2 = +-1.25/255 and +-1.25, signs unchanged.
