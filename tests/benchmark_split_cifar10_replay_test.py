@@ -27,6 +27,7 @@ def test_every_row_by_default_with_the_same_bytes_memory():
         "cwr_8_16_replay-1bit-9600",
         "cwr_8_16_replay-1bit-9600_blocks-qb16",
         "cwr_8_16_replay-1bit-9600_blocks-qb8",
+        "cwr_8_16_replay-float32-9600_blocks-qb16",
         "finetune_8_16_replay-1bit-9600",
         TRAINED_FINETUNE,
         "finetune_8_16_replay-1bit-9600_blocks-qb8",
@@ -51,6 +52,32 @@ def test_rows_keep_table_order_and_the_large_memory_renames_them():
         28800,
         28800,
     ]
+
+
+def test_float_gaps_pair_each_1_bit_row_with_its_float32_twin():
+    def record(seed, **finals):
+        return {
+            "seed": seed,
+            "variants": {k: {"final_accuracy": v} for k, v in finals.items()},
+        }
+
+    small, large = "cwr_8_16_replay-1bit-300", "cwr_8_16_replay-1bit-9600_blocks-qb16"
+    twins = {
+        small: "cwr_8_16_replay-float32-300",
+        large: "cwr_8_16_replay-float32-9600_blocks-qb16",
+    }
+    names = [v.name for v in replay.selected(_args(backward_bits=[16]))]
+    assert set(twins.values()) <= set(names)
+    records = [
+        record(0, **{small: 0.50, twins[small]: 0.53, large: 0.64, twins[large]: 0.66}),
+        record(1, **{small: 0.40, large: 0.60, twins[large]: 0.59}),  # no twin for small
+    ]
+    gaps = replay.float_gaps(records, names)
+    assert list(gaps) == [small, large]
+    assert gaps[small] == pytest.approx({0: -0.03})
+    assert gaps[large] == pytest.approx({0: -0.02, 1: 0.01})
+    # Rows absent from the names have no twin: no gap.
+    assert replay.float_gaps(records, [large]) == {}
 
 
 def test_an_unknown_row_is_a_one_line_usage_error(capsys, tmp_path):
