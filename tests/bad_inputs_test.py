@@ -1203,6 +1203,15 @@ ROWS: tuple[Row, ...] = (
         _hybrid_case(replay="memory"),
     ),
     Row(
+        "config-binarize-first-latents",
+        "wrong object",
+        "experiment.TrainingConfig",
+        "binarize_first_latents=1",
+        TypeError,
+        "`binarize_first_latents` must be True or False, got 1",
+        _call(TrainingConfig, binarize_first_latents=1),
+    ),
+    Row(
         "head-unbuilt",
         "call order",
         "CWRStarHead.begin_experience",
