@@ -154,7 +154,9 @@ def hybrid_sgd_step(
         gradient_noise: Likewise for the logit gradient, shaped ``(batch, num_classes)``.
         weight_range_margin: Widening of the forward weight range, a fraction of its span.
         feature_gradient: Also return ``g_q @ W_q^T``, the gradient of the loss with
-            respect to the features, for back-propagation into layers below the head.
+            respect to the features, for back-propagation into layers below the head:
+            straight through the quantizer inside the feature range and 0 where the
+            range clips a feature (whose clipped value the loss cannot see change).
 
     Returns:
         ``HybridStepResult(kernel, logits, probabilities, feature_gradient)``.
@@ -173,7 +175,8 @@ def hybrid_sgd_step(
         return value_range[0], value_range[1]
 
     features = tf.cast(features, kernel.dtype)
-    x_q = forward(features, *static_or_own(features, feature_range))
+    feature_low, feature_high = static_or_own(features, feature_range)
+    x_q = forward(features, feature_low, feature_high)
     low, high = tf.reduce_min(kernel), tf.reduce_max(kernel)
     margin = weight_range_margin * (high - low)
     w_q = forward(kernel, low - margin, high + margin)
@@ -203,7 +206,15 @@ def hybrid_sgd_step(
             grid=grid,
             noise=update_noise,
         )
-    backward = tf.matmul(g_q, w_q, transpose_b=True) if feature_gradient else None
+    backward = None
+    if feature_gradient:
+        backward = tf.matmul(g_q, w_q, transpose_b=True)
+        if forward_bits is not None:
+            # Without this mask, the blocks below pushed clipped features ever further
+            # out (the loss sees no change): training saw them clipped, float inference
+            # did not, and predictions collapsed onto a few classes (docs/replay.md).
+            inside = (features >= feature_low) & (features <= feature_high)
+            backward = backward * tf.cast(inside, backward.dtype)
     return HybridStepResult(updated, logits, probabilities, backward)
 
 
@@ -252,14 +263,15 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     ``replay`` memory, each step appends ``replay_batch_size`` stored latents to the new
     batch's latents; ``remember(x, y)`` stores an experience's latents after its
     ``fit``. For 1-bit storage the latent layer must output signs (e.g. a
-    ``larq.quantizers.SteSign`` layer), so that stored and live latents match.
+    ``larq.quantizers.SteSign`` layer), so that stored and live latents match. The
+    head's features keep their calibrated static range; a feature it clips passes no
+    gradient to the blocks (as ``SteSign``'s ``clip_value``), so the blocks cannot push
+    features out of the range where training sees them clipped and inference does not.
 
     **Calibration** fixes the static ranges of the features and of the logit gradient
     from experience-0 data: call ``calibrate(x0, y0)`` after the first experience (any
     input ``evaluate`` accepts). A model with bit widths entering the hybrid phase
-    uncalibrated warns and quantizes on each batch's own range. While blocks above
-    ``latent_layer`` train, the head's features move with them, so they are quantized
-    on each batch's own range like the activations between the blocks. The ranges, the
+    uncalibrated warns and quantizes on each batch's own range. The ranges, the
     stochastic-rounding state and the head's state are model weights: ``save``,
     ``save_weights`` and checkpoints carry them.
 
@@ -824,10 +836,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
             forward_bits=self.forward_bits,
             update_bits=self.update_bits,
             grid=self.grid,
-            # The static range bounds the features it was calibrated on; trained
-            # blocks move them out of it, and clipping them in training only (inference
-            # is float) collapsed predictions (docs/replay.md): use each batch's own.
-            feature_range=self._feature_range if calibrated and not blocks else None,
+            feature_range=self._feature_range if calibrated else None,
             gradient_range=self._step_gradient_range(calibrated),
             sample_weight=sample_weight,
             update_noise=self._rounding_noise(kernel),

@@ -238,41 +238,64 @@ def test_hybrid_phase_trains_exactly_the_named_blocks():
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
 
 
-def test_trained_blocks_quantize_head_features_on_their_own_range():
-    # Blocks that train move the head's features out of the range calibrated on
-    # experience 0; a static range clipped them in training while inference (float)
-    # did not, which collapsed predictions. Scaled features make the clip large.
+def test_feature_gradient_is_straight_through_inside_the_range_and_0_where_clipped():
+    rng = np.random.default_rng(4)
+    kernel = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+    features = np.array([[0.5, 1.2, 3.0], [-0.7, 0.1, 2.0]], np.float32)
+    labels = np.array([1, 3])
+    # Clips 3.0 and -0.7; on this range the 8-bit grid's end levels are its ends.
+    low, high = 0.0, 2.55
+    feature_range = np.array([low, high], np.float32)
+
+    def gradient(x, **kwargs):
+        return hybrid_sgd_step(
+            kernel,
+            tf.constant(x),
+            labels=labels,
+            learning_rate=0.1,
+            feature_gradient=True,
+            **kwargs,
+        ).feature_gradient.numpy()
+
+    static = gradient(features, feature_range=feature_range, gradient_range=None)
+    # Inputs replaced by the range's ends (what the clipped ones quantize to) give the
+    # same x_q, and none of them is clipped: their gradient is the unmasked one.
+    ends = snap_to_grid(tf.constant([-9.0, 9.0]), 8, low=low, high=high).numpy()
+    np.testing.assert_allclose(ends, [low, high], atol=1e-6)
+    unmasked = gradient(
+        np.clip(features, low, high), feature_range=feature_range, gradient_range=None
+    )
+    clipped = (features < low) | (features > high)
+    assert np.all(static[clipped] == 0.0) and np.all(np.abs(unmasked[clipped]) > 1e-3)
+    np.testing.assert_array_equal(static[~clipped], unmasked[~clipped])
+    # Float forward pass: nothing clips, the gradient is (softmax(xW) - onehot) W^T / B.
+    logits = features @ kernel.numpy()
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    expected = (probabilities - np.eye(4)[labels]) @ kernel.numpy().T / 2
+    np.testing.assert_allclose(gradient(features, forward_bits=None), expected, atol=1e-6)
+
+
+def test_blocks_get_no_gradient_from_features_the_static_range_clips():
+    # Trained blocks that moved the head's features out of experience 0's range got
+    # the straight-through gradient, which kept pushing them out (training saw them
+    # clipped, inference did not). With every feature clipped, the blocks must not move.
     x, y = _data()
     model = _model(forward_bits=8, update_bits=16)
     _first_experience(model, x, y)
-    gamma = model.get_layer("block_b_bn").gamma
-    gamma.assign(gamma * 20.0)
+    beta = model.get_layer("block_b_bn").beta
+    beta.assign(beta + 1000.0)  # every pooled feature far above the range
+    latents = model._blocks.lower(x[:10], training=False)
+    assert model._blocks.upper(latents).numpy().min() > model.feature_range[1]
     for layer in model.layers:
         layer.trainable = layer.name in ("head", "block_b_conv", "block_b_bn")
-    # Eagerly: a traced step's fused float ops can flip single 8-bit feature levels.
-    model.compile(
-        tf.keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", run_eagerly=True
-    )
-    kernel = model.head.kernel.numpy().copy()
-    latents = model._blocks.lower(x[:10], training=False)
-    features = model._blocks.upper(latents, forward_bits=8)
-    low, high = model.feature_range
-    assert features.numpy().max() > high + 1.0 or features.numpy().min() < low - 1.0
-    model.train_on_batch(x[:10], y[:10])
-
-    def step(feature_range):
-        return hybrid_sgd_step(
-            tf.constant(kernel),
-            features,
-            labels=y[:10],
-            learning_rate=0.1,
-            feature_range=feature_range,
-            gradient_range=model.gradient_range,
-        ).kernel.numpy()
-
-    own, static = step(None), step(model.feature_range)
-    np.testing.assert_allclose(model.head.kernel.numpy(), own, atol=1e-6)
-    assert np.abs(static - own).max() > 0.1  # what the static range clipped
+    model.compile(tf.keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    model.train_on_batch(x[:10], y[:10])  # puts the latent weights on their 8-bit grid
+    blocks = _weights(model, "block_b_conv", "block_b_bn")
+    head = model.head.kernel.numpy().copy()
+    model.train_on_batch(x[10:20], y[10:20])
+    for key, before in blocks.items():
+        np.testing.assert_array_equal(before, _weights(model, key.split("/")[0])[key])
+    assert not np.allclose(model.head.kernel.numpy(), head)  # the head still learns
 
 
 def test_latent_weight_grid_keeps_every_sign():

@@ -103,14 +103,18 @@ def test_lce_features_match_keras_per_sample(digits_export, trained_model):
     """LCE folds batch normalization into a per-channel multiplier and bias after an
     integer popcount and reassociates float sums: relative differences around 1e-6 to
     1e-5 per sample. A sign flip of a near-zero value before a binary conv can cascade
-    in one sample, so the check is per sample (99% within 1e-4), not one global max."""
+    in one sample, so the check is per sample (97% within 1e-4), not one global max:
+    a conversion error (a wrong fold, a wrong sign convention) moves every sample,
+    while cascades hit isolated ones, and how many depends on the CPU's float paths
+    (under 1% on the first CI machine, 5 of 450 samples, relative 0.03-0.04, on an AMD
+    EPYC)."""
     _, export = digits_export
     x = digits_data().x_test
     keras = trained_model.feature_extractor.predict(x, verbose=0)
     lce = DeviceLearner(export).features(x)
     relative = np.linalg.norm(keras - lce, axis=1) / np.linalg.norm(keras, axis=1)
     close = relative <= 1e-4
-    assert close.mean() >= 0.99, np.sort(relative)[-5:]
+    assert close.mean() >= 0.97, np.sort(relative)[-5:]
     # What the hybrid head sees: on the calibrated range, the 8-bit features of the
     # close samples differ by at most one level, in a few elements.
     low, high = trained_model.feature_range
