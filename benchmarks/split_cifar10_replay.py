@@ -11,7 +11,9 @@ later experiences from that same network (SGD, batch 50 new + 128 replayed):
   argument), blocks frozen; plain fine-tuning + the same 1-bit 32N memory;
 - CWR* 8/16 + 1-bit 32N replay with the blocks above the latent layer trained by
   quantized back-prop, gradients at q_b = 16 and 8 bits (METHOD §5), float32 replay
-  of the same 32N patterns with the blocks trained (q_b of the first bits), and plain
+  of the same 32N patterns with the blocks trained (q_b of the first bits), the same
+  1-bit / float32 pair with `consolidation="latest"` (a seen class keeps its trained
+  column: the blocks changed the features its consolidated one fitted), and plain
   fine-tuning instead of CWR* with the 1-bit memory;
 - joint training of the whole network on all the stream's training parts (upper
   bound).
@@ -93,6 +95,20 @@ def variants(
         train_blocks=True,
         backward_bits=backward_bits[0],
     )
+    # The same pair with the consolidation that keeps the trained columns: the blocks
+    # change the features the consolidated columns were fitted to.
+    latest = tuple(
+        Variant.cwr(
+            8,
+            16,
+            replay=storage,
+            replay_size=large,
+            train_blocks=True,
+            backward_bits=backward_bits[0],
+            consolidation="latest",
+        )
+        for storage in ("1bit", "float32")
+    )
     return (
         Variant.cwr(8, 16),
         Variant.cwr(8, 16, replay="float32", replay_size=size),
@@ -100,6 +116,7 @@ def variants(
         Variant.cwr(8, 16, replay="1bit", replay_size=large),
         *trained["cwr"],
         float_trained,
+        *latest,
         Variant.finetune(8, 16, replay="1bit", replay_size=large),
         *trained["finetune"],
     )

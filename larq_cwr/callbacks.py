@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from larq_cwr._checks import check_inputs, check_labels, check_positive_int
-from larq_cwr.head import CWRStarHead, class_counts_array
+from larq_cwr._checks import check_choice, check_inputs, check_labels, check_positive_int
+from larq_cwr.head import CONSOLIDATIONS, CWRStarHead, class_counts_array
 
 __all__ = ["CWRStar", "count_classes", "freeze_all_but"]
 
@@ -69,9 +69,17 @@ class CWRStar(tf.keras.callbacks.Callback):
             with quantized back-propagation). With a replay memory in the model, the
             class counts include its patterns (METHOD §2).
         freeze_after_first: Freeze the non-head layers from the second experience on.
+        consolidation: How ``on_train_end`` merges a seen class's trained column:
+            ``"weighted"`` (CWR*'s ``sqrt(past / cur)`` average, METHOD §2) or
+            ``"latest"`` (the trained column, mean-shifted, as for a new class). With
+            ``trainable_layers`` and a replay memory, the consolidated columns fit
+            features those layers have since changed, and every seen class trains in
+            every experience: ``"latest"`` keeps what was trained on the current ones
+            (see ``CWRStarHead.consolidate``).
 
     Raises:
-        ValueError: Both or neither of ``class_counts`` and ``labels``, or invalid counts;
+        ValueError: Both or neither of ``class_counts`` and ``labels``, invalid counts or
+            ``consolidation``;
             at ``fit``, before any state changes: ``trainable_layers`` naming no layer of
             the model or, in the hybrid phase of ``HybridQuantizedTrainStep``, a layer
             below its ``latent_layer``.
@@ -88,6 +96,7 @@ class CWRStar(tf.keras.callbacks.Callback):
         labels: npt.ArrayLike | None = None,
         trainable_layers: Sequence[str] = (),
         freeze_after_first: bool = True,
+        consolidation: str = "weighted",
     ) -> None:
         super().__init__()
         if not isinstance(head, CWRStarHead):
@@ -107,6 +116,7 @@ class CWRStar(tf.keras.callbacks.Callback):
             )
         self.trainable_layers = tuple(trainable_layers)
         self.freeze_after_first = bool(freeze_after_first)
+        self.consolidation = check_choice(consolidation, CONSOLIDATIONS, "consolidation")
 
     @classmethod
     def for_dataset(
@@ -158,7 +168,7 @@ class CWRStar(tf.keras.callbacks.Callback):
         )
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.head.consolidate()
+        self.head.consolidate(consolidation=self.consolidation)
         self.head.load_consolidated()
 
     # -- helpers -----------------------------------------------------------------------

@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         REPLAY_STORAGES,
         STRATEGY_NAMES,
     )
+    from larq_cwr.head import CONSOLIDATIONS
     from larq_cwr.scenarios import SCENARIO_NAMES
     from larq_cwr.training import DEFAULT_REPLAY_BATCH_SIZE
 
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
         default=MAIN_JOB_VARIANT.strategy,
         help="cwr: CWR* reset and consolidation; finetune: plain fine-tuning (with "
         "--replay: plain latent replay) (default: %(default)s, the best measured)",
+    )
+    run.add_argument(
+        "--consolidation",
+        choices=CONSOLIDATIONS,
+        default=MAIN_JOB_VARIANT.consolidation,
+        help="with --strategy cwr: weighted (CWR*'s sqrt(past/cur) average) or latest "
+        "(keep the trained column; for --trainable-blocks with --replay) "
+        "(default: %(default)s)",
     )
     precision = run.add_mutually_exclusive_group()
     precision.add_argument("--float", action="store_true", help="float update (no bits)")
@@ -281,6 +290,7 @@ def _main_variant(args: argparse.Namespace):
         replay_size=args.replay_size,
         train_blocks=args.trainable_blocks > 0,
         backward_bits=args.backward_bits,
+        consolidation=args.consolidation,
     )
 
 

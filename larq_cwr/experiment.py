@@ -34,7 +34,7 @@ from larq_cwr.backbones import (
 from larq_cwr.backprop import BLOCK_OPTIMIZERS
 from larq_cwr.callbacks import CWRStar, freeze_all_but
 from larq_cwr.checkpoint import RunCheckpoint
-from larq_cwr.head import CWRStarHead
+from larq_cwr.head import CONSOLIDATIONS, CWRStarHead
 from larq_cwr.metrics import AccuracyMatrix
 from larq_cwr.quantizers import DEFAULT_GRID, GRIDS, ROUNDING_MODES
 from larq_cwr.replay import STORAGES, LatentBinarization, LatentReplayMemory
@@ -118,6 +118,9 @@ class Variant:
             back-propagation), not only the head.
         backward_bits: Bits of the gradients back-propagated through the blocks (q_b),
             None for float.
+        consolidation: CWR*'s merge of a seen class's trained column: ``"weighted"``
+            (METHOD §2) or ``"latest"`` (the trained column; for trained blocks with
+            replay, see ``CWRStar``). CWR* variants only.
     """
 
     name: str
@@ -130,6 +133,7 @@ class Variant:
     replay_size: int = DEFAULT_REPLAY_SIZE
     train_blocks: bool = False
     backward_bits: int | None = None
+    consolidation: str = "weighted"
 
     def __post_init__(self) -> None:
         check_choice(self.strategy, STRATEGY_NAMES, "strategy")
@@ -140,6 +144,12 @@ class Variant:
         check_choice(self.replay, REPLAY_STORAGES, "replay")
         check_positive_int(self.replay_size, "replay_size")
         check_optional_bits(self.backward_bits, "backward_bits")
+        check_choice(self.consolidation, CONSOLIDATIONS, "consolidation")
+        if self.strategy != "cwr" and self.consolidation != "weighted":
+            raise ValueError(
+                f"`consolidation`={self.consolidation!r} needs the CWR* strategy; "
+                f"strategy {self.strategy!r} does not consolidate."
+            )
 
     @classmethod
     def cwr(
@@ -155,7 +165,8 @@ class Variant:
             forward_bits: Forward bits, None for float.
             update_bits: Stored-weight bits, None for float.
             **options: The other fields (``rounding``, ``grid``, ``replay``,
-                ``replay_size``, ``train_blocks``, ``backward_bits``).
+                ``replay_size``, ``train_blocks``, ``backward_bits``,
+                ``consolidation``).
         """
         return cls._named("cwr", forward_bits, update_bits, options)
 
@@ -203,6 +214,8 @@ class Variant:
             name += f"_replay-{variant.replay}-{variant.replay_size}"
         if variant.train_blocks:
             name += f"_blocks-qb{variant.backward_bits or 'f'}"
+        if variant.consolidation != "weighted":
+            name += f"_consolidate-{variant.consolidation}"
         return dataclasses.replace(variant, name=name)
 
 
@@ -610,7 +623,10 @@ def run_stream(
         extra = list(callbacks(variant.name, index, config.epochs)) if callbacks else []
         if variant.strategy == "cwr":
             cwr = CWRStar(
-                upper.head, class_counts=experience.class_counts, trainable_layers=blocks
+                upper.head,
+                class_counts=experience.class_counts,
+                trainable_layers=blocks,
+                consolidation=variant.consolidation,
             )
             extra.insert(0, cwr)
         else:  # naive fine-tuning: the same update without reset or consolidation

@@ -15,9 +15,21 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from larq_cwr._checks import check_class_counts, check_positive_int
+from larq_cwr._checks import check_choice, check_class_counts, check_positive_int
 
-__all__ = ["CWRStarHead", "class_counts_array", "consolidate_kernel", "reset_kernel"]
+__all__ = [
+    "CONSOLIDATIONS",
+    "CWRStarHead",
+    "class_counts_array",
+    "consolidate_kernel",
+    "reset_kernel",
+]
+
+# How a seen class's trained column merges with its consolidated one (METHOD §2 step 3):
+# "weighted" is CWR*'s sqrt(past / cur) average; "latest" keeps the trained column, for
+# runs whose layers below the head train too, where the consolidated column belongs to
+# features that have since changed (replay keeps every seen class in training).
+CONSOLIDATIONS = ("weighted", "latest")
 
 
 @tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
@@ -48,13 +60,15 @@ def consolidate_kernel(
     *,
     past_counts: tf.Tensor,
     class_counts: tf.Tensor,
+    consolidation: str = "weighted",
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Merge a trained kernel into the consolidated one (METHOD §2 step 3).
 
     With ``avg`` the mean of all entries of the present classes' columns of ``kernel``
     and ``w = sqrt(past / cur)`` per present class, the new consolidated column is
     ``(cw * w + (tw - avg)) / (w + 1)``: for a new class ``w = 0``, which gives
-    ``tw - avg``. Absent classes keep their column.
+    ``tw - avg``. Absent classes keep their column. ``consolidation="latest"`` sets
+    ``w = 0`` for every present class: it takes ``tw - avg``, seen before or not.
 
     Args:
         kernel: Trained live kernel ``tw``, shape ``(features, num_classes)``.
@@ -62,10 +76,15 @@ def consolidate_kernel(
         past_counts: Patterns per class of the earlier experiences ``(num_classes,)``.
         class_counts: Patterns per class of this experience ``(num_classes,)``, at least
             one positive.
+        consolidation: ``"weighted"`` (CWR*, METHOD §2) or ``"latest"`` (see above).
 
     Returns:
         ``(new consolidated kernel, past_counts + class_counts)``.
+
+    Raises:
+        ValueError: ``consolidation`` not one of ``CONSOLIDATIONS``.
     """
+    check_choice(consolidation, CONSOLIDATIONS, "consolidation")
     dtype = kernel.dtype
     current = tf.cast(class_counts, dtype)
     past = tf.cast(past_counts, dtype)
@@ -73,6 +92,8 @@ def consolidate_kernel(
     mask = tf.cast(present, dtype)[tf.newaxis, :]
     entries = tf.cast(tf.shape(kernel)[0], dtype) * tf.reduce_sum(mask)
     average = tf.reduce_sum(kernel * mask) / entries
+    if consolidation == "latest":
+        past = tf.zeros_like(past)  # w = 0: the trained column alone
     weight = tf.sqrt(past / tf.maximum(current, 1.0))[tf.newaxis, :]
     merged = (consolidated * weight + (kernel - average)) / (weight + 1.0)
     return (
@@ -286,7 +307,7 @@ class CWRStarHead(tf.keras.layers.Layer):
         )
         self._current_counts.assign(counts)
 
-    def consolidate(self) -> None:
+    def consolidate(self, *, consolidation: str = "weighted") -> None:
         """Merge the trained kernel into the consolidated weights (METHOD §2 step 3).
 
         With ``avg`` the mean of the live kernel over the present classes' columns:
@@ -294,9 +315,18 @@ class CWRStarHead(tf.keras.layers.Layer):
         ``w = sqrt(past[j] / cur[j])``, gets ``(cw[j] * w + tw[j] - avg) / (w + 1)``.
         Then ``past += cur`` and the experience ends.
 
+        Args:
+            consolidation: ``"weighted"`` (the CWR* rule above) or ``"latest"``: a
+                class seen before gets ``tw[j] - avg`` too, as a new class does. For
+                runs that train layers below the head as well (with replay of every
+                seen class): their consolidated columns fit features that changed.
+
         Raises:
+            ValueError: ``consolidation`` not one of ``CONSOLIDATIONS``; the state is
+                left unchanged.
             RuntimeError: No experience in progress: call ``begin_experience()`` first.
         """
+        check_choice(consolidation, CONSOLIDATIONS, "consolidation")
         self._require_built("consolidate")
         if not self.in_experience:
             raise RuntimeError(
@@ -308,6 +338,7 @@ class CWRStarHead(tf.keras.layers.Layer):
             self._consolidated,
             past_counts=self._past_counts,
             class_counts=self._current_counts,
+            consolidation=consolidation,
         )
         self._consolidated.assign(consolidated)
         self._past_counts.assign(past)
