@@ -28,6 +28,8 @@ def test_every_row_by_default_with_the_same_bytes_memory():
         "cwr_8_16_replay-1bit-9600_blocks-qb16",
         "cwr_8_16_replay-1bit-9600_blocks-qb8",
         "cwr_8_16_replay-float32-9600_blocks-qb16",
+        "cwr_8_16_replay-1bit-9600_blocks-qb16_consolidate-latest",
+        "cwr_8_16_replay-float32-9600_blocks-qb16_consolidate-latest",
         "finetune_8_16_replay-1bit-9600",
         TRAINED_FINETUNE,
         "finetune_8_16_replay-1bit-9600_blocks-qb8",
@@ -39,6 +41,18 @@ def test_every_row_by_default_with_the_same_bytes_memory():
         9600,
         16,
     )
+    latest = replay.selected(
+        _args(
+            rows=[
+                f"cwr_8_16_replay-{s}-9600_blocks-qb16_consolidate-latest"
+                for s in ("1bit", "float32")
+            ]
+        )
+    )
+    assert [(v.strategy, v.consolidation, v.replay, v.train_blocks) for v in latest] == [
+        ("cwr", "latest", "1bit", True),
+        ("cwr", "latest", "float32", True),
+    ]
 
 
 def test_rows_keep_table_order_and_the_large_memory_renames_them():
@@ -47,6 +61,7 @@ def test_rows_keep_table_order_and_the_large_memory_renames_them():
     large = replay.selected(_args(large_memory=28800, backward_bits=[16]))
     assert [v.replay_size for v in large if v.replay == "1bit"] == [
         300,
+        28800,
         28800,
         28800,
         28800,

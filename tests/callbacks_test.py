@@ -98,6 +98,48 @@ def test_trainable_layers_keep_training(digits):
         )
 
 
+class _KernelAtTrainEnd(tf.keras.callbacks.Callback):
+    """The head's live kernel when training ends, before ``CWRStar`` consolidates
+    (callbacks run in list order)."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def on_train_end(self, logs=None):
+        self.kernel = self.head.kernel.numpy().copy()
+
+
+@pytest.mark.parametrize("consolidation", ["weighted", "latest"])
+def test_consolidation_option_reaches_the_head(digits, consolidation):
+    # Experience 1 revisits class 1 with the conv layer training too: "latest" gives
+    # it its trained column minus avg, "weighted" the sqrt(past/cur) average with the
+    # column consolidated in experience 0. Both computed here in numpy.
+    tf.keras.utils.set_random_seed(0)
+    x, y = digits
+    model = _model()
+    head = model.get_layer("head")
+    first, second = np.isin(y, [0, 1]), np.isin(y, [1, 2])
+    model.fit(
+        x[first], y[first], epochs=1, verbose=0, callbacks=[CWRStar(head, labels=y[first])]
+    )
+    old = head.consolidated_kernel
+    trained = _KernelAtTrainEnd(head)
+    callback = CWRStar(
+        head, labels=y[second], trainable_layers=["conv"], consolidation=consolidation
+    )
+    model.fit(x[second], y[second], epochs=1, verbose=0, callbacks=[trained, callback])
+    shifted = trained.kernel - trained.kernel[:, [1, 2]].mean()
+    w = np.sqrt(np.sum(y[first] == 1) / np.sum(y[second] == 1))
+    weighted = (old[:, 1] * w + shifted[:, 1]) / (w + 1)
+    expected = shifted[:, 1] if consolidation == "latest" else weighted
+    # The two rules differ by far more than float32 rounding here.
+    assert np.abs(weighted - shifted[:, 1]).max() > 1e-2
+    np.testing.assert_allclose(head.consolidated_kernel[:, 1], expected, atol=1e-6)
+    np.testing.assert_allclose(head.consolidated_kernel[:, 2], shifted[:, 2], atol=1e-6)
+    np.testing.assert_array_equal(head.consolidated_kernel[:, 0], old[:, 0])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -106,6 +148,7 @@ def test_trainable_layers_keep_training(digits):
         ({"labels": []}, "no pattern"),
         ({"class_counts": {12: 1}}, "num_classes=10"),
         ({"labels": [0, 11]}, "num_classes=10"),
+        ({"labels": [0], "consolidation": "last"}, "`consolidation` must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -74,12 +74,16 @@ def test_run_tiny_config_writes_report_plots_and_model(tmp_path, capsys):
     assert report["variants"]["cwr_8_16"]["replay_memory"] is None
 
 
-def test_float_cwr_run_without_baselines(tmp_path):
+@pytest.mark.parametrize(
+    "extra, name",
+    [([], "cwr_float"), (["--consolidation", "latest"], "cwr_float_consolidate-latest")],
+)
+def test_float_cwr_run_without_baselines(tmp_path, extra, name):
     out = tmp_path / "float"
-    argv = ["run", *TINY, "--float", "--strategy", "cwr", "--replay", "none"]
+    argv = ["run", *TINY, "--float", "--strategy", "cwr", "--replay", "none", *extra]
     assert main([*argv, "--no-baselines", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert list(report["variants"]) == ["cwr_float"] and "joint" not in report
+    assert list(report["variants"]) == [name] and "joint" not in report
 
 
 @pytest.mark.parametrize(
@@ -89,6 +93,7 @@ def test_float_cwr_run_without_baselines(tmp_path):
         (["--update-bits", "40"], "update_bits"),
         (["--epochs", "0"], "epochs"),
         (["--replay-size", "0"], "replay_size"),
+        (["--consolidation", "latest"], "needs the CWR* strategy"),  # main: finetune
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(

@@ -48,6 +48,38 @@ def test_method_worked_example():
     np.testing.assert_allclose(head.kernel.numpy(), head.consolidated_kernel)
 
 
+def test_latest_consolidation_worked_example():
+    # METHOD §2 worked check with consolidation="latest": experience 0 is the same
+    # (both classes new); in experience 1 the seen class 1 takes its trained column
+    # minus avg, (-2,4) - 2 = (-4,2), where the weighted rule gives (-3.366, 2.634).
+    head = _built_head()
+    head.begin_experience({0: 10, 1: 30})
+    _set_columns(head, {0: (1, 3), 1: (-1, 5)})
+    head.consolidate(consolidation="latest")
+    np.testing.assert_allclose(head.consolidated_kernel, [[-1, -3, 0], [1, 3, 0]])
+
+    head.begin_experience({1: 10, 2: 20})
+    np.testing.assert_allclose(head.kernel.numpy(), [[0, -3, 0], [0, 3, 0]])  # reset
+    _set_columns(head, {1: (-2, 4), 2: (6, 0)})
+    head.consolidate(consolidation="latest")
+    np.testing.assert_allclose(head.consolidated_kernel, [[-1, -4, 4], [1, 2, -2]])
+    np.testing.assert_array_equal(head.past_counts, [10, 40, 20])  # counts still add up
+    assert head.consolidated_experiences == 2
+
+
+def test_unknown_consolidation_leaves_state():
+    head = _built_head()
+    head.begin_experience({0: 10, 1: 30})
+    _set_columns(head, {0: (1, 3), 1: (-1, 5)})
+    with pytest.raises(ValueError, match=r"`consolidation` must be one of.*'mean'"):
+        head.consolidate(consolidation="mean")
+    assert head.in_experience and head.consolidated_experiences == 0
+    np.testing.assert_array_equal(head.consolidated_kernel, np.zeros((2, 3)))
+    np.testing.assert_array_equal(head.past_counts, [0, 0, 0])
+    head.consolidate()  # the experience can still be consolidated
+    np.testing.assert_allclose(head.consolidated_kernel, [[-1, -3, 0], [1, 3, 0]])
+
+
 def test_second_worked_example_three_features():
     # Our own check: features 3, classes 4, three experiences, class 0 revisited twice.
     head = _built_head(features=3, classes=4)

@@ -193,3 +193,60 @@ def test_first_experience_trains_on_binarized_latents():
     logits = sign_model.upper_model().predict(latents, verbose=0)
     np.testing.assert_allclose(logits, sign_model.predict(x_test, verbose=0), atol=1e-5)
     assert np.mean(logits.argmax(1) == y_test) >= 0.9
+
+
+class _TrainedKernel:
+    """Callback factory keeping the head's live kernel after each experience's last
+    epoch: ``run_stream`` runs these after ``CWRStar``, whose ``on_train_end``
+    consolidates, but every ``on_epoch_end`` comes before that."""
+
+    def __init__(self, model_head):
+        self.head = model_head
+        self.kernels = {}
+
+    def __call__(self, name, index, epochs):
+        import tensorflow as tf
+
+        kernels, head = self.kernels, self.head
+
+        class Keep(tf.keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == epochs - 1:
+                    kernels[index] = self.model.get_layer(head).kernel.numpy().copy()
+
+        return [Keep()]
+
+
+@pytest.mark.parametrize("consolidation", ["weighted", "latest"])
+def test_stream_consolidation_option_with_trained_blocks(consolidation):
+    """``Variant.consolidation`` reaches ``CWRStar`` in ``run_stream``: with blocks and
+    replay, every seen class trains in the last experience, and "latest" makes its
+    consolidated columns the trained ones minus their mean (computed here in numpy);
+    "weighted" (the default) does not."""
+    scenario = _digits_scenario(image_size=16, n_train=400, n_test=100)
+    config = TrainingConfig(seed=0, first_epochs=2, epochs=2, trainable_blocks=1)
+    variant = Variant.cwr(
+        8,
+        16,
+        replay="float32",
+        replay_size=40,
+        train_blocks=True,
+        backward_bits=16,
+        consolidation=consolidation,
+    )
+    assert variant.name.endswith("_consolidate-latest") == (consolidation == "latest")
+    first_weights, _ = train_first_experience(scenario, config)
+    features = extract_features(scenario, first_weights, config=config)
+    trained = _TrainedKernel("cwr_head")
+    result = run_stream(
+        features, variant, first_weights=first_weights, config=config, callbacks=trained
+    )
+    head = result.model.get_layer("cwr_head")
+    last = len(scenario) - 1
+    assert np.all(head.past_counts > 0)  # replay: every class in the last experience
+    expected = trained.kernels[last] - trained.kernels[last].mean()
+    gap = np.abs(head.consolidated_kernel - expected).max()
+    if consolidation == "latest":
+        assert gap < 1e-6
+    else:  # the sqrt(past/cur) average moves the columns far more than rounding
+        assert gap > 1e-3

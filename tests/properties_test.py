@@ -311,12 +311,13 @@ def _consolidate_reference(kernel, consolidated, past_counts, class_counts):
     return new_consolidated, past_counts + class_counts
 
 
-def _consolidate(kernel, consolidated, past_counts, class_counts):
+def _consolidate(kernel, consolidated, past_counts, class_counts, **options):
     new, past = consolidate_kernel(
         tf.constant(kernel),
         tf.constant(consolidated),
         past_counts=tf.constant(past_counts),
         class_counts=tf.constant(class_counts),
+        **options,
     )
     assert new.dtype == tf.float32 and past.dtype == tf.int64
     return new.numpy(), past.numpy()
@@ -360,6 +361,18 @@ def test_consolidate_kernel_matches_numpy_reference(case):
     expected, expected_past = _consolidate_reference(*case)
     np.testing.assert_allclose(new, expected, rtol=0, atol=_atol(kernel, consolidated))
     np.testing.assert_array_equal(new_past, expected_past)
+
+
+@PROFILE
+@given(cwr_cases())
+def test_latest_consolidation_treats_seen_classes_as_new(case):
+    # "latest" is the weighted rule with no past weight (the reference with past 0),
+    # while the counts still accumulate the true past.
+    kernel, consolidated, past, current = case
+    new, new_past = _consolidate(*case, consolidation="latest")
+    expected, _ = _consolidate_reference(kernel, consolidated, np.zeros_like(past), current)
+    np.testing.assert_allclose(new, expected, rtol=0, atol=_atol(kernel, consolidated))
+    np.testing.assert_array_equal(new_past, past + current)
 
 
 @PROFILE
