@@ -196,13 +196,15 @@ def run_seed(data, seed: int, args, settings: dict) -> dict:
 
 def cached_part(seed: int, settings: dict, *, name: str, label: str, compute) -> dict:
     """One part of a seed (a variant or the joint bound) through `common.cached`, in
-    `PARTS/seed<seed>/<name>.json`. Its key is the run's settings but those that only
-    choose rows (the gradient bits, the large memory's size and ``--rows``: each
+    `PARTS/seed<seed>[-signs]/<name>.json` (``--binarize-first-latents`` runs keep
+    their own parts beside the others). Its key is the run's settings but those that
+    only choose rows (the gradient bits, the large memory's size and ``--rows``: each
     variant's own bits and size are in its label), so a run of fewer rows reuses the
     parts of a longer one and the reverse."""
     key = {k: v for k, v in settings.items() if k not in ROW_CHOICES}
+    signs = "-signs" if settings.get("binarize_first_latents") else ""
     return common.cached(
-        PARTS / f"seed{seed}" / f"{name}.json",
+        PARTS / f"seed{seed}{signs}" / f"{name}.json",
         key | {"seed": seed, "variant": label},
         compute,
     )

@@ -39,7 +39,11 @@ import tensorflow as tf
 from larq_cwr.flatbuffer import operator_counts
 from larq_cwr.head import consolidate_kernel, reset_kernel
 from larq_cwr.quantizers import counter_uniform
-from larq_cwr.training import HybridQuantizedTrainStep, hybrid_sgd_step
+from larq_cwr.training import (
+    HybridQuantizedTrainStep,
+    clip_to_feature_range,
+    hybrid_sgd_step,
+)
 
 __all__ = [
     "BACKBONE_FILE",
@@ -136,7 +140,10 @@ class _DeviceHead(tf.Module):
         return self.variables_by_name[name]
 
     def _infer(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        # As CWRStarHead.call: the live kernel (the consolidated one between experiences).
+        # As HybridQuantizedTrainStep.call: the live kernel (the consolidated one between
+        # experiences) on features clipped as the train signature sees them.
+        if self.forward_bits is not None:  # then the model was calibrated (_check_model)
+            features = clip_to_feature_range(features, self._var("feature_range"))
         logits = tf.matmul(features, self._var("kernel"))
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 

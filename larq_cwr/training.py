@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_UPDATE_BITS",
     "HybridQuantizedTrainStep",
     "HybridStepResult",
+    "clip_to_feature_range",
     "hybrid_sgd_step",
     "logit_difference",
 ]
@@ -105,6 +106,33 @@ def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
 
 
 @tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
+def clip_to_feature_range(
+    features: tf.Tensor, feature_range: tf.Tensor, *, calibrated: Any = True
+) -> tf.Tensor:
+    """The head's features clipped to the static range, as ``hybrid_sgd_step`` sees them.
+
+    Inference with the hybrid head (``HybridQuantizedTrainStep``'s ``predict`` and
+    ``evaluate``, the device head's ``infer``) clips too: a feature beyond the range
+    experience 0 calibrated counts in training as the range's end, and counting it in
+    full at inference let trained blocks push a few features to 10x the range and
+    collapse predictions onto one class (``docs/replay_k4.md``).
+
+    Args:
+        features: Head inputs ``(batch, features)``.
+        feature_range: Static ``(min, max)``.
+        calibrated: Bool (tensor): False leaves the features unchanged (no range yet).
+
+    Returns:
+        A tensor like ``features``.
+    """
+    low, high = tf.unstack(tf.cast(feature_range, features.dtype))
+    if calibrated is not True:
+        infinity = tf.constant(np.inf, features.dtype)
+        low = tf.where(calibrated, low, -infinity)
+        high = tf.where(calibrated, high, infinity)
+    return tf.clip_by_value(features, low, high)
+
+
 def hybrid_sgd_step(
     kernel: tf.Tensor,
     features: tf.Tensor,
@@ -265,8 +293,13 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     ``fit``. For 1-bit storage the latent layer must output signs (e.g. a
     ``larq.quantizers.SteSign`` layer), so that stored and live latents match. The
     head's features keep their calibrated static range; a feature it clips passes no
-    gradient to the blocks (as ``SteSign``'s ``clip_value``), so the blocks cannot push
-    features out of the range where training sees them clipped and inference does not.
+    gradient to the blocks (as ``SteSign``'s ``clip_value``).
+
+    **Inference** (``predict``, ``evaluate``, ``__call__`` without ``training``) with
+    ``forward_bits`` set and once calibrated feeds the head its features clipped to
+    the calibrated range (``clip_to_feature_range``), as the hybrid step sees them:
+    otherwise a feature the blocks move past the range counts in full at inference
+    but only as the range's end in training.
 
     **Calibration** fixes the static ranges of the features and of the logit gradient
     from experience-0 data: call ``calibrate(x0, y0)`` after the first experience (any
@@ -558,6 +591,18 @@ class HybridQuantizedTrainStep(tf.keras.Model):
     def feature_extractor(self) -> tf.keras.Model:
         """Model from the inputs to the head's input features (shares the layers)."""
         return tf.keras.Model(self.inputs, self._head_io[0])
+
+    # -- inference ---------------------------------------------------------------------
+
+    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> tf.Tensor:
+        if training or self.forward_bits is None:
+            return super().call(inputs, training=training, mask=mask)
+        features = self._feature_model(inputs, training=training)
+        features = clip_to_feature_range(
+            features, self._feature_range, calibrated=self._calibrated > 0
+        )
+        logits = self.head(features)
+        return logits if self._outputs_logits else tf.nn.softmax(logits)
 
     # -- calibration -----------------------------------------------------------------
 

@@ -121,3 +121,8 @@ def test_parts_are_shared_across_row_choices_but_not_other_settings(monkeypatch,
     fewer = settings | {"backward_bits": [16], "large_memory": 28800, "rows": ["cwr_8_16"]}
     assert part(fewer) == 0.5 and len(calls) == 1  # reused
     assert part(settings | {"epochs": 10}) == 0.5 and len(calls) == 2  # recomputed
+    # A run on the latents' signs keeps its own parts: the plain part is not replaced.
+    signs = settings | {"epochs": 10, "binarize_first_latents": True}
+    assert part(signs) == 0.5 and len(calls) == 3
+    assert part(settings | {"epochs": 10}) == 0.5 and len(calls) == 3  # still cached
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed0-signs"]

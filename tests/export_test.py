@@ -313,10 +313,29 @@ def test_set_state_get_state_round_trip_and_infer_uses_live_kernel():
     for name, value in state.items():
         np.testing.assert_array_equal(got[name], value)
         assert got[name].dtype == np.asarray(value).dtype
-    x = rng.random((5, 64)).astype(np.float32)
+    # Features on both sides of the range: infer clips them, as the train signature
+    # and the Keras model's predict do (the unclipped logits differ by units, not ulps).
+    x = rng.normal(3.0, 6.0, (5, 64)).astype(np.float32)
+    assert (x < -1.5).any() and (x > 7.0).any()
     out = run["infer"](features=x)
-    np.testing.assert_allclose(out["logits"], x @ state["kernel"], rtol=1e-5, atol=1e-5)
+    expected = np.clip(x, -1.5, 7.0) @ state["kernel"]
+    np.testing.assert_allclose(out["logits"], expected, rtol=1e-5, atol=1e-4)
+    assert np.abs(x @ state["kernel"] - expected).max() > 1.0
     np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_float_head_infers_without_clipping():
+    """Without forward bits the train signature does not clip, nor does infer."""
+    _, flatbuffer = _head("float", *STEP_SHAPES["float"], **STEP_CONFIGS["float"])
+    run = _runners(flatbuffer)
+    state = run["get_state"]()
+    state["kernel"] = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -3.0]], np.float32)
+    state["feature_range"] = np.array([0.0, 1.0], np.float32)
+    run["set_state"](**state)
+    x = np.array([[4.0, -2.0], [0.5, 9.0]], np.float32)
+    np.testing.assert_allclose(
+        run["infer"](features=x)["logits"], [[0, -4, 8], [18.5, -0.5, -26.75]], rtol=1e-6
+    )
 
 
 # -- refusals ------------------------------------------------------------------------------

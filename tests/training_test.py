@@ -293,6 +293,62 @@ def test_the_head_decides_the_phase():
         )
 
 
+@pytest.mark.parametrize("softmax", [False, True])
+def test_inference_clips_features_to_the_calibrated_range(softmax):
+    """predict/evaluate/upper_model see the features clipped as the hybrid step does
+    (METHOD §4's static range); training=True and forward_bits=None do not clip."""
+    x, y = _data(80)
+    model = _hybrid_model(softmax=softmax)
+    _end_first_experience(model, y)
+    rng = np.random.default_rng(5)  # the live kernel, as after a hybrid experience
+    model.head.kernel.assign(rng.normal(size=(FEATURES, CLASSES)).astype(np.float32))
+    features = _features(model, x)
+    kernel = model.head.kernel.numpy()
+
+    def outputs(f):
+        logits = f @ kernel
+        if not softmax:
+            return logits
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    # Uncalibrated: no static range, nothing clips.
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), outputs(features), rtol=1e-5, atol=1e-6
+    )
+    # Calibrated on shrunk inputs: many features of x fall outside its range.
+    model.calibrate(x[:16] / 2, y[:16], batch_size=BATCH)
+    low, high = model.feature_range
+    small = _features(model, x[:16] / 2)
+    np.testing.assert_allclose([low, high], [small.min(), small.max()], rtol=1e-6)
+    clipped = np.clip(features, low, high)
+    assert (features > high).mean() > 0.02
+    assert np.abs(outputs(clipped) - outputs(features)).max() > 0.1
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), outputs(clipped), rtol=1e-5, atol=1e-6
+    )
+    logits = clipped @ kernel
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    loss, accuracy = model.evaluate(x, y, batch_size=BATCH, verbose=0)
+    np.testing.assert_allclose(loss, -log_p[np.arange(len(y)), y].mean(), rtol=1e-5)
+    np.testing.assert_allclose(accuracy, np.mean(logits.argmax(1) == y))
+    np.testing.assert_allclose(
+        model(x, training=True).numpy(), outputs(features), rtol=1e-5, atol=1e-6
+    )
+    upper = model.upper_model()
+    np.testing.assert_allclose(
+        upper.predict(features, verbose=0), outputs(clipped), rtol=1e-5, atol=1e-6
+    )
+    # Without forward bits the hybrid step does not clip, nor does inference.
+    float_model = _hybrid_model(None, None, softmax=softmax)
+    float_model.set_weights(model.get_weights())
+    assert float_model.is_calibrated
+    np.testing.assert_allclose(
+        float_model.predict(x, verbose=0), outputs(features), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_stochastic_rounding_is_seeded_and_resumes():
     x, y = _data()
     kernels = []
