@@ -133,6 +133,7 @@ def clip_to_feature_range(
     return tf.clip_by_value(features, low, high)
 
 
+@tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
 def hybrid_sgd_step(
     kernel: tf.Tensor,
     features: tf.Tensor,
