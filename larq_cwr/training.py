@@ -595,7 +595,7 @@ class HybridQuantizedTrainStep(tf.keras.Model):
 
     # -- inference ---------------------------------------------------------------------
 
-    def call(self, inputs: Any, training: Any = None, mask: Any = None) -> tf.Tensor:
+    def call(self, inputs: Any, *, training: Any = None, mask: Any = None) -> tf.Tensor:
         if training or self.forward_bits is None:
             return super().call(inputs, training=training, mask=mask)
         features = self._feature_model(inputs, training=training)
