@@ -106,9 +106,7 @@ def logit_difference(probabilities: tf.Tensor, labels: Any) -> tf.Tensor:
 
 
 @tf.autograph.experimental.do_not_convert  # plain ops: nothing to convert
-def clip_to_feature_range(
-    features: tf.Tensor, feature_range: tf.Tensor, *, calibrated: Any = True
-) -> tf.Tensor:
+def clip_to_feature_range(features: tf.Tensor, feature_range: tf.Tensor) -> tf.Tensor:
     """The head's features clipped to the static range, as ``hybrid_sgd_step`` sees them.
 
     Inference with the hybrid head (``HybridQuantizedTrainStep``'s ``predict`` and
@@ -120,16 +118,11 @@ def clip_to_feature_range(
     Args:
         features: Head inputs ``(batch, features)``.
         feature_range: Static ``(min, max)``.
-        calibrated: Bool (tensor): False leaves the features unchanged (no range yet).
 
     Returns:
         A tensor like ``features``.
     """
     low, high = tf.unstack(tf.cast(feature_range, features.dtype))
-    if calibrated is not True:
-        infinity = tf.constant(np.inf, features.dtype)
-        low = tf.where(calibrated, low, -infinity)
-        high = tf.where(calibrated, high, infinity)
     return tf.clip_by_value(features, low, high)
 
 
@@ -599,9 +592,10 @@ class HybridQuantizedTrainStep(tf.keras.Model):
         if training or self.forward_bits is None:
             return super().call(inputs, training=training, mask=mask)
         features = self._feature_model(inputs, training=training)
-        features = clip_to_feature_range(
-            features, self._feature_range, calibrated=self._calibrated > 0
-        )
+        # A tensor condition, not Python: saved models keep it (uncalibrated: no range).
+        unbounded = tf.constant([-np.inf, np.inf], self._feature_range.dtype)
+        feature_range = tf.where(self._calibrated > 0, self._feature_range, unbounded)
+        features = clip_to_feature_range(features, feature_range)
         logits = self.head(features)
         return logits if self._outputs_logits else tf.nn.softmax(logits)
 
