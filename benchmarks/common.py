@@ -22,6 +22,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+if "larq_cwr" not in sys.modules:  # a benchmark script: run the package beside it
+    # (the code `code_hash` keys results by), even if another checkout is installed
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import larq_cwr  # noqa: F401  isort: skip  (Keras 2 before TensorFlow)
 
 import numpy as np
@@ -65,6 +69,8 @@ def code_hash(script: str | pathlib.Path | None = None) -> str:
         The hash, the same on every machine for the same sources.
     """
     # Resolved: the same file must give the same hash however it is named.
+    if script is None and _running_script() is not None:
+        _check_package_is_this_checkouts()
     script = _running_script() if script is None else pathlib.Path(script).resolve()
     starts = [pathlib.Path(__file__).resolve()] + ([script] if script else [])
     digest = hashlib.sha256()
@@ -81,6 +87,16 @@ def _running_script() -> pathlib.Path | None:
     if path is None or pathlib.Path(path).resolve().parent != here:
         return None
     return pathlib.Path(path).resolve()
+
+
+def _check_package_is_this_checkouts() -> None:
+    """Refuse to key results by sources the running benchmark does not run."""
+    running = pathlib.Path(larq_cwr.__file__).resolve().parent
+    if running != ROOT / "larq_cwr":
+        raise RuntimeError(
+            f"the benchmarks in {ROOT} key their results by {ROOT / 'larq_cwr'}, but "
+            f"the larq_cwr running is {running}: import `common` before larq_cwr."
+        )
 
 
 def _reachable_sources(*starts: pathlib.Path) -> list[pathlib.Path]:

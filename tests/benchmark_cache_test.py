@@ -134,6 +134,48 @@ def test_hash_covers_what_the_running_script_reaches(copied):
         (root / "benchmarks" / "docblock.py").write_text(original)
 
 
+def _run_benchmark_script(root: pathlib.Path, body: str) -> subprocess.CompletedProcess:
+    """Run ``body`` as a script in ``root``'s ``benchmarks/`` (as `python script.py`)."""
+    script = root / "benchmarks" / "which_package.py"
+    script.write_text(body)
+    try:
+        return subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=root,
+        )
+    finally:
+        script.unlink()
+
+
+def test_a_benchmark_runs_the_package_of_its_own_checkout(copied):
+    # A worktree's benchmark imported the installed checkout's larq_cwr while its hash
+    # read the worktree's sources: results keyed by code they did not run.
+    root, _ = copied
+    ran = _run_benchmark_script(
+        root,
+        "import common, larq_cwr\n"
+        "print(larq_cwr.__file__)\n"
+        "print(common.code_hash())\n",
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    package, digest = ran.stdout.splitlines()[-2:]
+    assert pathlib.Path(package).resolve().parent == root / "larq_cwr"
+    assert ROOT not in pathlib.Path(package).resolve().parents
+    assert len(digest) == 16
+    # Another larq_cwr imported before `common`: the hash would not describe it.
+    refused = _run_benchmark_script(
+        root,
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "import larq_cwr, common\n"
+        "print(common.code_hash())\n",
+    )
+    assert refused.returncode != 0
+    assert f"the larq_cwr running is {ROOT / 'larq_cwr'}" in refused.stderr
+
+
 def test_hash_does_not_depend_on_how_the_script_is_named(copied, monkeypatch):
     # A relative path sorted before the absolute ones and gave another hash.
     root, common = copied
